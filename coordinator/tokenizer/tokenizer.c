@@ -1,0 +1,2 @@
+/* placeholder: replaced by the tokenizer implementation */
+#include "tokenizer.h"

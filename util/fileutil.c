@@ -1,0 +1,2 @@
+/* placeholder */
+int loom_fileutil_placeholder_;

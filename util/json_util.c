@@ -1,0 +1,2 @@
+/* placeholder */
+int loom_json_placeholder_;

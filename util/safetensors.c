@@ -1,0 +1,2 @@
+/* placeholder */
+int loom_st_placeholder_;

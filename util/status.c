@@ -1,0 +1,44 @@
+/* Error buffer helpers: formatting and wrapping messages. */
+#include "status.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+loom_status loom_err_set(loom_err *err, loom_status code, const char *fmt, ...)
+{
+    if (err) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+        va_end(ap);
+    }
+    return code;
+}
+
+loom_status loom_err_wrap(loom_err *err, loom_status code, const char *fmt, ...)
+{
+    if (!err) return code;
+    char prefix[LOOM_ERR_LEN], old[LOOM_ERR_LEN];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(prefix, sizeof prefix, fmt, ap);
+    va_end(ap);
+    memcpy(old, err->msg, sizeof old);
+    old[sizeof old - 1] = '\0';
+    snprintf(err->msg, sizeof err->msg, "%s: %s", prefix, old);
+    return code;
+}
+
+const char *loom_status_str(loom_status s)
+{
+    switch (s) {
+    case LOOM_OK: return "ok";
+    case LOOM_EINVAL: return "invalid input";
+    case LOOM_EIO: return "i/o error";
+    case LOOM_ENOMEM: return "out of memory";
+    case LOOM_EUNSUPPORTED: return "unsupported";
+    case LOOM_EINTERNAL: return "internal error";
+    }
+    return "unknown status";
+}

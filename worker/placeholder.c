@@ -1,0 +1,1 @@
+/* placeholder */ int loom_worker_placeholder_;
