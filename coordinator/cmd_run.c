@@ -1,4 +1,376 @@
-/* `loom run`: placeholder. */
-#include "commands.h"
+/* `loom run`: one-shot generation on the CPU backend (like TensorRT-LLM's
+ * run.py). Tokenizes the prompt, generates, streams text (or prints one JSON
+ * line with --json), and handles EOS ids, stop ids and stop strings. */
+#include <getopt.h>
+#include <jansson.h>
 #include <stdio.h>
-int loom_cmd_run(int argc, char **argv) { (void)argc; (void)argv; fprintf(stderr, "loom run: not built yet\n"); return 1; }
+#include <stdlib.h>
+#include <string.h>
+
+#include "../kernels/ops.h"
+#include "../util/fileutil.h"
+#include "../util/parse.h"
+#include "../worker/generate.h"
+#include "commands.h"
+#include "tokenizer/tokenizer.h"
+
+#define MAX_STOPS 16
+
+typedef struct run_opts {
+    const char *model;
+    const char *prompt;
+    const char *prompt_ids;
+    int64_t max_new_tokens;
+    bool have_max_new;
+    loom_sampling_params sampling;
+    const char *stops[MAX_STOPS];
+    int n_stops;
+    int32_t stop_ids[MAX_STOPS];
+    int n_stop_ids;
+    int64_t max_seq_len;   /* 0 = max_position_embeddings */
+    int64_t prefill_chunk;
+    bool json, verbose, ignore_eos;
+} run_opts;
+
+static void run_usage(FILE *f)
+{
+    fprintf(f,
+            "usage: loom run --model DIR (--prompt TEXT | --prompt-ids 1,2,3) --max-new-tokens N [options]\n"
+            "\n"
+            "One-shot generation on the CPU backend.\n"
+            "  --model DIR              Hugging Face model directory (config.json, *.safetensors, tokenizer.json)\n"
+            "  --prompt TEXT            prompt text, encoded with the model's special tokens (BOS for Llama)\n"
+            "  --prompt-ids IDS         prompt as comma-separated token ids (no tokenizer needed)\n"
+            "  --max-new-tokens N       tokens to generate (>= 1)\n"
+            "  --temperature X          0 = greedy (default 0)\n"
+            "  --top-k K                keep the K most likely tokens (0 = off)\n"
+            "  --top-p P                nucleus sampling mass in (0, 1] (1 = off)\n"
+            "  --repetition-penalty R   > 0 (1 = off)\n"
+            "  --seed S                 sampling seed (same seed, same output; default 0)\n"
+            "  --stop STR               stop when the output contains STR (repeatable; STR is not printed)\n"
+            "  --stop-id ID             stop after token ID (repeatable)\n"
+            "  --ignore-eos             do not stop at the model's EOS ids\n"
+            "  --max-seq-len N          prompt + new tokens limit (default: max_position_embeddings)\n"
+            "  --prefill-chunk N        tokens per prefill forward (default 256)\n"
+            "  --json                   print one line {\"prompt_ids\":[...],\"output_ids\":[...],\"text\":\"...\"}\n"
+            "  --verbose                print memory and speed to stderr\n");
+}
+
+enum { OPT_PROMPT_IDS = 256, OPT_MAX_NEW, OPT_TEMP, OPT_TOPK, OPT_TOPP, OPT_REP, OPT_SEED, OPT_STOP,
+       OPT_STOP_ID, OPT_MAX_SEQ, OPT_CHUNK, OPT_JSON, OPT_VERBOSE, OPT_IGNORE_EOS, OPT_HELP };
+
+/* Returns 0 on success, 2 on a usage error (message printed), -1 for --help. */
+static int parse_args(int argc, char **argv, run_opts *o)
+{
+    static const struct option longopts[] = {
+        {"model", required_argument, 0, 'm'},
+        {"prompt", required_argument, 0, 'p'},
+        {"prompt-ids", required_argument, 0, OPT_PROMPT_IDS},
+        {"max-new-tokens", required_argument, 0, OPT_MAX_NEW},
+        {"temperature", required_argument, 0, OPT_TEMP},
+        {"top-k", required_argument, 0, OPT_TOPK},
+        {"top-p", required_argument, 0, OPT_TOPP},
+        {"repetition-penalty", required_argument, 0, OPT_REP},
+        {"seed", required_argument, 0, OPT_SEED},
+        {"stop", required_argument, 0, OPT_STOP},
+        {"stop-id", required_argument, 0, OPT_STOP_ID},
+        {"max-seq-len", required_argument, 0, OPT_MAX_SEQ},
+        {"prefill-chunk", required_argument, 0, OPT_CHUNK},
+        {"json", no_argument, 0, OPT_JSON},
+        {"verbose", no_argument, 0, OPT_VERBOSE},
+        {"ignore-eos", no_argument, 0, OPT_IGNORE_EOS},
+        {"help", no_argument, 0, OPT_HELP},
+        {0, 0, 0, 0},
+    };
+    memset(o, 0, sizeof *o);
+    o->sampling = loom_sampling_defaults();
+    o->prefill_chunk = 256;
+    loom_err err = {{0}};
+    int c;
+    optind = 1;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+        loom_status st = LOOM_OK;
+        int64_t v;
+        switch (c) {
+        case 'm': o->model = optarg; break;
+        case 'p': o->prompt = optarg; break;
+        case OPT_PROMPT_IDS: o->prompt_ids = optarg; break;
+        case OPT_MAX_NEW:
+            st = loom_parse_i64(optarg, 1, INT32_MAX, "--max-new-tokens", &o->max_new_tokens, &err);
+            o->have_max_new = true;
+            break;
+        case OPT_TEMP: st = loom_parse_f32(optarg, "--temperature", &o->sampling.temperature, &err); break;
+        case OPT_TOPK:
+            st = loom_parse_i64(optarg, 0, INT32_MAX, "--top-k", &v, &err);
+            o->sampling.top_k = (int32_t)v;
+            break;
+        case OPT_TOPP: st = loom_parse_f32(optarg, "--top-p", &o->sampling.top_p, &err); break;
+        case OPT_REP: st = loom_parse_f32(optarg, "--repetition-penalty", &o->sampling.repetition_penalty, &err); break;
+        case OPT_SEED: st = loom_parse_u64(optarg, "--seed", &o->sampling.seed, &err); break;
+        case OPT_STOP:
+            if (o->n_stops == MAX_STOPS) st = loom_err_set(&err, LOOM_EINVAL, "--stop: at most %d stop strings", MAX_STOPS);
+            else if (!*optarg) st = loom_err_set(&err, LOOM_EINVAL, "--stop: the stop string is empty");
+            else o->stops[o->n_stops++] = optarg;
+            break;
+        case OPT_STOP_ID:
+            st = loom_parse_i64(optarg, 0, INT32_MAX, "--stop-id", &v, &err);
+            if (st == LOOM_OK && o->n_stop_ids == MAX_STOPS) st = loom_err_set(&err, LOOM_EINVAL, "--stop-id: at most %d", MAX_STOPS);
+            if (st == LOOM_OK) o->stop_ids[o->n_stop_ids++] = (int32_t)v;
+            break;
+        case OPT_MAX_SEQ: st = loom_parse_i64(optarg, 1, INT32_MAX, "--max-seq-len", &o->max_seq_len, &err); break;
+        case OPT_CHUNK: st = loom_parse_i64(optarg, 1, 1 << 16, "--prefill-chunk", &o->prefill_chunk, &err); break;
+        case OPT_JSON: o->json = true; break;
+        case OPT_VERBOSE: o->verbose = true; break;
+        case OPT_IGNORE_EOS: o->ignore_eos = true; break;
+        case OPT_HELP: return -1;
+        case ':':
+            st = loom_err_set(&err, LOOM_EINVAL, "option %s needs a value", argv[optind - 1]);
+            break;
+        default:
+            st = loom_err_set(&err, LOOM_EINVAL, "unknown option %s", argv[optind - 1]);
+            break;
+        }
+        if (st != LOOM_OK) {
+            fprintf(stderr, "loom run: %s (see 'loom run --help')\n", err.msg);
+            return 2;
+        }
+    }
+    const char *problem = NULL;
+    if (optind < argc) problem = "unexpected argument";
+    else if (!o->model) problem = "--model DIR is required";
+    else if (!o->prompt == !o->prompt_ids) problem = "give exactly one of --prompt or --prompt-ids";
+    else if (!o->have_max_new) problem = "--max-new-tokens N is required";
+    if (problem) {
+        if (optind < argc) fprintf(stderr, "loom run: unexpected argument '%s' (see 'loom run --help')\n", argv[optind]);
+        else fprintf(stderr, "loom run: %s (see 'loom run --help')\n", problem);
+        return 2;
+    }
+    if (loom_sampling_validate(&o->sampling, &err) != LOOM_OK) {
+        fprintf(stderr, "loom run: %s\n", err.msg);
+        return 2;
+    }
+    return 0;
+}
+
+/* Streaming state: the text decoded so far, what of it is printed, and the
+ * stop strings (text that could still begin a stop string is held back). */
+typedef struct stream_ctx {
+    loom_detok *detok;
+    char *text;
+    size_t len, cap, printed;
+    const run_opts *o;
+    size_t hold;     /* longest stop string - 1 */
+    bool stopped;    /* a stop string was found; text truncated before it */
+    loom_status st;
+    loom_err *err;
+} stream_ctx;
+
+static bool append(stream_ctx *s, const char *p, size_t n)
+{
+    if (s->len + n + 1 > s->cap) {
+        size_t cap = s->cap ? s->cap : 256;
+        while (cap < s->len + n + 1) cap *= 2;
+        char *t = realloc(s->text, cap);
+        if (!t) return false;
+        s->text = t;
+        s->cap = cap;
+    }
+    memcpy(s->text + s->len, p, n);
+    s->len += n;
+    s->text[s->len] = '\0';
+    return true;
+}
+
+/* Truncates at the first stop string that ends in the new bytes. */
+static void find_stop(stream_ctx *s, size_t new_from)
+{
+    for (int i = 0; i < s->o->n_stops; i++) {
+        size_t sl = strlen(s->o->stops[i]);
+        size_t from = new_from >= sl ? new_from - sl + 1 : 0;
+        char *hit = s->len >= sl ? memmem(s->text + from, s->len - from, s->o->stops[i], sl) : NULL;
+        if (hit && (size_t)(hit - s->text) < s->len) {
+            s->len = (size_t)(hit - s->text);
+            s->text[s->len] = '\0';
+            s->stopped = true;
+        }
+    }
+}
+
+static void print_ready(stream_ctx *s, bool final)
+{
+    if (s->o->json) return;
+    size_t upto = s->len;
+    if (!final && !s->stopped) upto = s->len > s->hold ? s->len - s->hold : 0;
+    if (upto > s->printed) {
+        fwrite(s->text + s->printed, 1, upto - s->printed, stdout);
+        fflush(stdout);
+        s->printed = upto;
+    }
+}
+
+static bool on_token(void *ctx, int32_t id)
+{
+    stream_ctx *s = ctx;
+    if (!s->detok) return true;
+    const char *piece;
+    size_t n;
+    s->st = loom_detok_push(s->detok, id, &piece, &n, s->err);
+    if (s->st != LOOM_OK) return false;
+    size_t before = s->len;
+    if (!append(s, piece, n)) {
+        s->st = loom_err_set(s->err, LOOM_ENOMEM, "out of memory");
+        return false;
+    }
+    find_stop(s, before);
+    print_ready(s, false);
+    return !s->stopped;
+}
+
+static void print_json(const int32_t *prompt, size_t n_prompt, const int32_t *out, int64_t n_out, const char *text, size_t len)
+{
+    json_t *pj = json_array(), *oj = json_array();
+    for (size_t i = 0; i < n_prompt; i++) json_array_append_new(pj, json_integer(prompt[i]));
+    for (int64_t i = 0; i < n_out; i++) json_array_append_new(oj, json_integer(out[i]));
+    json_t *root = json_object();
+    json_object_set_new(root, "prompt_ids", pj);
+    json_object_set_new(root, "output_ids", oj);
+    json_t *tj = json_stringn(text ? text : "", text ? len : 0);
+    json_object_set_new(root, "text", tj ? tj : json_string(""));
+    char *s = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    if (s) printf("%s\n", s);
+    free(s);
+    json_decref(root);
+}
+
+static const char *finish_name(loom_finish f)
+{
+    return f == LOOM_FINISH_EOS ? "eos" : f == LOOM_FINISH_STOP ? "stop" : "length";
+}
+
+int loom_cmd_run(int argc, char **argv)
+{
+    run_opts o;
+    int rc = parse_args(argc, argv, &o);
+    if (rc == -1) {
+        run_usage(stdout);
+        return 0;
+    }
+    if (rc) return rc;
+
+    loom_err err = {{0}};
+    loom_model *m = NULL;
+    loom_tokenizer *tok = NULL;
+    loom_kv_cache *kv = NULL;
+    int32_t *prompt = NULL, *out = NULL;
+    size_t n_prompt = 0;
+    stream_ctx sc = {.o = &o, .err = &err};
+    rc = 1;
+
+    m = loom_model_load(o.model, loom_ops_cpu(), o.prefill_chunk, &err);
+    if (!m) goto fail;
+    char tpath[4096];
+    if (loom_path_join(tpath, sizeof tpath, o.model, "tokenizer.json", &err) != LOOM_OK) goto fail;
+    if (loom_file_exists(tpath)) {
+        tok = loom_tokenizer_load(o.model, &err);
+        if (!tok) goto fail;
+    } else if (o.prompt) {
+        loom_err_set(&err, LOOM_EINVAL, "%s has no tokenizer.json; use --prompt-ids", o.model);
+        goto fail;
+    }
+    if (o.prompt) {
+        if (loom_tokenizer_encode(tok, o.prompt, strlen(o.prompt), true, &prompt, &n_prompt, &err) != LOOM_OK) goto fail;
+    } else if (loom_parse_id_list(o.prompt_ids, "--prompt-ids", &prompt, &n_prompt, &err) != LOOM_OK) {
+        goto fail;
+    }
+    if (n_prompt == 0) {
+        loom_err_set(&err, LOOM_EINVAL, "the prompt is empty (it encodes to no tokens)");
+        goto fail;
+    }
+    for (size_t i = 0; i < n_prompt; i++)
+        if (prompt[i] >= m->cfg.vocab_size) {
+            loom_err_set(&err, LOOM_EINVAL, "--prompt-ids: token id %d is not below the vocabulary size %lld", prompt[i], (long long)m->cfg.vocab_size);
+            goto fail;
+        }
+    for (int i = 0; i < o.n_stop_ids; i++)
+        if (o.stop_ids[i] >= m->cfg.vocab_size) {
+            loom_err_set(&err, LOOM_EINVAL, "--stop-id: token id %d is not below the vocabulary size %lld", o.stop_ids[i], (long long)m->cfg.vocab_size);
+            goto fail;
+        }
+    int64_t max_seq = o.max_seq_len ? o.max_seq_len : m->cfg.max_position_embeddings;
+    if ((int64_t)n_prompt + o.max_new_tokens > max_seq) {
+        loom_err_set(&err, LOOM_EINVAL, "prompt (%zu tokens) + --max-new-tokens (%lld) exceeds the sequence limit %lld (%s)", n_prompt,
+                     (long long)o.max_new_tokens, (long long)max_seq, o.max_seq_len ? "--max-seq-len" : "max_position_embeddings; raise it with --max-seq-len");
+        goto fail;
+    }
+    kv = loom_kv_cache_create(m->cfg.n_layers, (int64_t)n_prompt + o.max_new_tokens, m->cfg.n_kv_heads, m->cfg.head_dim, &err);
+    if (!kv) goto fail;
+    out = malloc((size_t)o.max_new_tokens * sizeof *out);
+    if (!out) {
+        loom_err_set(&err, LOOM_ENOMEM, "out of memory");
+        goto fail;
+    }
+    if (tok) {
+        sc.detok = loom_detok_create(tok, true);
+        if (!sc.detok) {
+            loom_err_set(&err, LOOM_ENOMEM, "out of memory");
+            goto fail;
+        }
+    }
+    for (int i = 0; i < o.n_stops; i++)
+        if (strlen(o.stops[i]) - 1 > sc.hold) sc.hold = strlen(o.stops[i]) - 1;
+    if (o.verbose) {
+        fprintf(stderr, "loom run: %s, %lld layers, hidden %lld, vocab %lld; weights %.2f MiB (%s), KV cache %.2f MiB (%lld positions), activations %.2f MiB\n",
+                m->cfg.arch_name, (long long)m->cfg.n_layers, (long long)m->cfg.hidden_size, (long long)m->cfg.vocab_size,
+                (double)loom_st_data_bytes(m->st) / 1048576.0, m->cfg.dtype_name[0] ? m->cfg.dtype_name : "?",
+                (double)loom_kv_cache_bytes(kv->n_layers, kv->max_seq, kv->n_kv_heads, kv->head_dim) / 1048576.0,
+                (long long)kv->max_seq, (double)m->rs.bytes / 1048576.0);
+    }
+
+    loom_gen_params gp = {.max_new_tokens = o.max_new_tokens, .sampling = o.sampling, .stop_ids = o.stop_ids,
+                          .n_stop_ids = o.n_stop_ids, .ignore_eos = o.ignore_eos};
+    int64_t n_out = 0;
+    loom_finish fin;
+    loom_gen_stats gs;
+    if (loom_generate(m, kv, prompt, (int64_t)n_prompt, &gp, on_token, &sc, out, &n_out, &fin, &gs, &err) != LOOM_OK) goto fail;
+    if (sc.st != LOOM_OK) goto fail;
+    if (sc.detok && !sc.stopped) {
+        const char *piece;
+        size_t n;
+        if (loom_detok_flush(sc.detok, &piece, &n, &err) != LOOM_OK) goto fail;
+        size_t before = sc.len;
+        if (!append(&sc, piece, n)) {
+            loom_err_set(&err, LOOM_ENOMEM, "out of memory");
+            goto fail;
+        }
+        find_stop(&sc, before);
+    }
+    if (o.json) {
+        print_json(prompt, n_prompt, out, n_out, sc.text, sc.len);
+    } else if (tok) {
+        print_ready(&sc, true);
+        printf("\n");
+    } else {
+        for (int64_t i = 0; i < n_out; i++) printf("%s%d", i ? " " : "", out[i]);
+        printf("\n");
+    }
+    if (o.verbose)
+        fprintf(stderr, "loom run: finish %s; prefill %lld tokens in %.3f s (%.1f tok/s); decode %lld tokens in %.3f s (%.1f tok/s)\n",
+                finish_name(fin), (long long)gs.prompt_tokens, gs.prefill_s, gs.prefill_s > 0 ? (double)gs.prompt_tokens / gs.prefill_s : 0.0,
+                (long long)(gs.new_tokens > 0 ? gs.new_tokens - 1 : 0), gs.decode_s,
+                gs.decode_s > 0 ? (double)(gs.new_tokens - 1) / gs.decode_s : 0.0);
+    rc = 0;
+    goto done;
+fail:
+    fflush(stdout);
+    fprintf(stderr, "loom run: %s\n", err.msg);
+done:
+    free(sc.text);
+    loom_detok_destroy(sc.detok);
+    free(out);
+    free(prompt);
+    loom_kv_cache_destroy(kv);
+    loom_tokenizer_destroy(tok);
+    loom_model_destroy(m);
+    return rc;
+}

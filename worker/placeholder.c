@@ -1,1 +1,0 @@
-/* placeholder */ int loom_worker_placeholder_;
