@@ -267,7 +267,7 @@ int loom_cmd_run(int argc, char **argv)
     stream_ctx sc = {.o = &o, .err = &err};
     rc = 1;
 
-    m = loom_model_load(o.model, loom_ops_cpu(), o.prefill_chunk, &err);
+    m = loom_model_load(o.model, loom_ops_cpu(), NULL, NULL, o.prefill_chunk, 1, &err);
     if (!m) goto fail;
     char tpath[4096];
     if (loom_path_join(tpath, sizeof tpath, o.model, "tokenizer.json", &err) != LOOM_OK) goto fail;
@@ -303,7 +303,7 @@ int loom_cmd_run(int argc, char **argv)
                      (long long)o.max_new_tokens, (long long)max_seq, o.max_seq_len ? "--max-seq-len" : "max_position_embeddings; raise it with --max-seq-len");
         goto fail;
     }
-    kv = loom_kv_cache_create(m->cfg.n_layers, (int64_t)n_prompt + o.max_new_tokens, m->cfg.n_kv_heads, m->cfg.head_dim, &err);
+    kv = loom_model_kv_create(m, (int64_t)n_prompt + o.max_new_tokens, &err);
     if (!kv) goto fail;
     out = malloc((size_t)o.max_new_tokens * sizeof *out);
     if (!out) {

@@ -155,6 +155,41 @@ static loom_status check_range(int64_t v, int64_t lo, int64_t hi, const char *ke
     return LOOM_OK;
 }
 
+/* The "loom" object `loom convert` adds: {"format": 1, "tp": N, "pp": M,
+ * "pp_layers": [layers per stage]}. */
+static loom_status parse_loom_section(const json_t *root, loom_config *cfg, const char *what, loom_err *err)
+{
+    json_t *l = json_object_get(root, "loom");
+    if (!l || json_is_null(l)) return LOOM_OK;
+    char ctx[4200];
+    snprintf(ctx, sizeof ctx, "%s: loom", what);
+    int64_t fmt = 0, tp = 0, pp = 0;
+    LOOM_CHECK(loom_json_int(l, "format", true, &fmt, ctx, err));
+    if (fmt != 1) return loom_err_set(err, LOOM_EUNSUPPORTED, "%s: converted-checkpoint format %lld is not supported (this loom reads format 1)", ctx, (long long)fmt);
+    LOOM_CHECK(loom_json_int(l, "tp", true, &tp, ctx, err));
+    LOOM_CHECK(loom_json_int(l, "pp", true, &pp, ctx, err));
+    LOOM_CHECK(check_range(tp, 1, 4096, "tp", ctx, err));
+    LOOM_CHECK(check_range(pp, 1, cfg->n_layers, "pp", ctx, err));
+    json_t *pl = json_object_get(l, "pp_layers");
+    if (!json_is_array(pl) || (int64_t)json_array_size(pl) != pp)
+        return loom_err_set(err, LOOM_EINVAL, "%s: \"pp_layers\" must list the layers of each of the %lld stages", ctx, (long long)pp);
+    cfg->conv_pp_layers = calloc((size_t)pp, sizeof *cfg->conv_pp_layers);
+    if (!cfg->conv_pp_layers) return loom_err_set(err, LOOM_ENOMEM, "out of memory");
+    int64_t sum = 0;
+    for (int64_t i = 0; i < pp; i++) {
+        json_t *v = json_array_get(pl, (size_t)i);
+        if (!json_is_integer(v) || json_integer_value(v) < 1)
+            return loom_err_set(err, LOOM_EINVAL, "%s: pp_layers[%lld] must be a positive integer", ctx, (long long)i);
+        cfg->conv_pp_layers[i] = json_integer_value(v);
+        sum += cfg->conv_pp_layers[i];
+    }
+    if (sum != cfg->n_layers)
+        return loom_err_set(err, LOOM_EINVAL, "%s: pp_layers add up to %lld, not num_hidden_layers (%lld)", ctx, (long long)sum, (long long)cfg->n_layers);
+    cfg->conv_tp = (int)tp;
+    cfg->conv_pp = (int)pp;
+    return LOOM_OK;
+}
+
 static loom_status parse_config(const json_t *root, loom_config *cfg, const char *what, loom_err *err)
 {
     if (!json_is_object(root)) return loom_err_set(err, LOOM_EINVAL, "%s: not a JSON object", what);
@@ -218,7 +253,7 @@ static loom_status parse_config(const json_t *root, loom_config *cfg, const char
     LOOM_CHECK(loom_json_str(root, "dtype", false, &dt, what, err));
     if (!dt) LOOM_CHECK(loom_json_str(root, "torch_dtype", false, &dt, what, err));
     snprintf(cfg->dtype_name, sizeof cfg->dtype_name, "%s", dt ? dt : "");
-    return LOOM_OK;
+    return parse_loom_section(root, cfg, what, err);
 }
 
 loom_status loom_config_load(const char *dir, loom_config *cfg, loom_err *err)
@@ -258,6 +293,7 @@ void loom_config_free(loom_config *cfg)
 {
     if (!cfg) return;
     free(cfg->layer_window);
+    free(cfg->conv_pp_layers);
     memset(cfg, 0, sizeof *cfg);
 }
 

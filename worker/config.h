@@ -56,6 +56,11 @@ typedef struct loom_config {
     int32_t eos_ids[LOOM_MAX_EOS];
     int n_eos;
     char dtype_name[16];         /* torch_dtype / dtype as written ("" if absent) */
+
+    /* Set when the directory is a `loom convert` output ("loom" object in
+     * config.json): the partitioning its rank{R}.safetensors files hold. */
+    int conv_tp, conv_pp;        /* 0 for a Hugging Face directory */
+    int64_t *conv_pp_layers;     /* (conv_pp) layers per stage */
 } loom_config;
 
 /* Reads dir/config.json (and dir/generation_config.json if present) and

@@ -82,7 +82,7 @@ int main(int argc, char **argv)
     const int64_t chunks[] = {256, 5, 1};
     for (size_t c = 0; c < sizeof chunks / sizeof chunks[0]; c++) {
         loom_err err = {{0}};
-        loom_model *m = loom_model_load(dir, loom_ops_cpu(), chunks[c], &err);
+        loom_model *m = loom_model_load(dir, loom_ops_cpu(), NULL, NULL, chunks[c], 1, &err);
         if (!m) {
             fprintf(stderr, "FAIL %s: load: %s\n", dir, err.msg);
             return 1;
@@ -93,7 +93,7 @@ int main(int argc, char **argv)
         if (failures) return 1;
 
         /* 1. Prefill logits. */
-        loom_kv_cache *kv = loom_kv_cache_create(m->cfg.n_layers, n_prompt + n_greedy, m->cfg.n_kv_heads, m->cfg.head_dim, &err);
+        loom_kv_cache *kv = loom_model_kv_create(m, n_prompt + n_greedy, &err);
         if (!kv || loom_model_prefill(m, kv, prompt, n_prompt, &err) != LOOM_OK) {
             fprintf(stderr, "FAIL %s: prefill: %s\n", dir, err.msg);
             return 1;
@@ -121,6 +121,37 @@ int main(int argc, char **argv)
         check(e2 <= TOL, "final-step logits within 1e-4 relative L2", dir, chunks[c]);
         free(out);
         loom_kv_cache_destroy(kv);
+        loom_model_destroy(m);
+    }
+
+    /* 3. Batched: the prompt's prefix, then the prompt, and the prompt's
+     * first token alone, in one forward; the full prompt's logits must match. */
+    {
+        loom_err err = {{0}};
+        int64_t k = n_prompt / 2 > 0 ? n_prompt / 2 : 1;
+        int64_t T = k + n_prompt + 1;
+        loom_model *m = loom_model_load(dir, loom_ops_cpu(), NULL, NULL, T, 3, &err);
+        if (!m) {
+            fprintf(stderr, "FAIL %s: load: %s\n", dir, err.msg);
+            return 1;
+        }
+        int32_t *toks = malloc((size_t)T * sizeof *toks);
+        memcpy(toks, prompt, (size_t)k * sizeof *toks);
+        memcpy(toks + k, prompt, (size_t)n_prompt * sizeof *toks);
+        toks[k + n_prompt] = prompt[0];
+        int64_t starts[4] = {0, k, k + n_prompt, T};
+        loom_kv_cache *kvs[3];
+        for (int i = 0; i < 3; i++) kvs[i] = loom_model_kv_create(m, n_prompt + 1, &err);
+        loom_batch b = {.n_seqs = 3, .seq_start = starts, .tokens = toks, .kv = kvs};
+        if (loom_model_forward_batch(m, &b, &err) != LOOM_OK) {
+            fprintf(stderr, "FAIL %s: batch: %s\n", dir, err.msg);
+            return 1;
+        }
+        double e3 = rel_l2(m->rs.logits + m->cfg.vocab_size, l_prompt, m->cfg.vocab_size);
+        printf("%s batch of 3: prompt logits rel L2 %.3g\n", dir, e3);
+        check(e3 <= TOL, "batched prompt logits within 1e-4 relative L2", dir, T);
+        for (int i = 0; i < 3; i++) loom_kv_cache_destroy(kvs[i]);
+        free(toks);
         loom_model_destroy(m);
     }
     free(prompt);
