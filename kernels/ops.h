@@ -28,7 +28,8 @@ typedef struct loom_ops {
 
     /* y (n, out_dim) = x (n, in_dim) @ W^T (+ bias), W (out_dim, in_dim) in
      * dtype wt, bias (out_dim) in dtype wt or NULL. y must not alias x.
-     * Blocked and multithreaded on the CPU. */
+     * Blocked and multithreaded on the CPU, where a row of y does not depend
+     * on the thread count or on the other rows of x (bitwise). */
     void (*matmul)(float *y, const float *x, const void *w, loom_dtype wt,
                    const void *bias, int64_t n, int64_t in_dim, int64_t out_dim);
 
@@ -48,7 +49,9 @@ typedef struct loom_ops {
      * out (n_q, n_heads, head_dim).
      * Query head h reads kv head h / (n_heads / n_kv_heads) (GQA/MQA).
      * Query at position p sees keys j with j <= p and, if window > 0,
-     * j > p - window. Scores are scaled by `scale`. q_pos[i] < kv_len. */
+     * j > p - window. Scores are scaled by `scale`. q_pos[i] < kv_len.
+     * head_dim <= 512 (the CPU kernel keeps its accumulators on the stack);
+     * out must not alias q, k or v. */
     void (*attention)(float *out, const float *q, const float *k, const float *v,
                       const int32_t *q_pos, int64_t n_q, int64_t kv_len,
                       int64_t kv_stride, int64_t n_heads, int64_t n_kv_heads,

@@ -74,6 +74,15 @@ oom:
     return NULL;
 }
 
+loom_status loom_sampler_reset(loom_sampler *s, const loom_sampling_params *p, loom_err *err)
+{
+    LOOM_CHECK(loom_sampling_validate(p, err));
+    s->p = *p;
+    uint64_t x = p->seed;
+    for (int i = 0; i < 4; i++) s->rng[i] = splitmix64(&x);
+    return LOOM_OK;
+}
+
 void loom_sampler_destroy(loom_sampler *s)
 {
     if (!s) return;

@@ -31,6 +31,10 @@ loom_sampler *loom_sampler_create(int64_t vocab, const loom_sampling_params *p, 
 /* Frees; accepts NULL. */
 void loom_sampler_destroy(loom_sampler *s);
 
+/* Starts a new sequence on an existing sampler: new parameters and seed, no
+ * allocation. Returns non-OK (err filled) if p is out of range. */
+loom_status loom_sampler_reset(loom_sampler *s, const loom_sampling_params *p, loom_err *err);
+
 /* Picks the next id. logits (vocab) are modified in place. history holds the
  * ids seen so far (prompt and generated) for the repetition penalty. */
 int32_t loom_sampler_sample(loom_sampler *s, float *logits, const int32_t *history, int64_t n_history);

@@ -15,7 +15,10 @@ typedef struct loom_tokenizer loom_tokenizer;
 
 /* Loads dir/tokenizer.json (and dir/tokenizer_config.json when present).
  * On error returns NULL and fills err (missing file, malformed JSON, an
- * unsupported model/normalizer/pre-tokenizer type, ...). */
+ * unsupported model/normalizer/pre-tokenizer type, ...). Behaviour follows
+ * tokenizer.json alone, as HF `Tokenizer.from_file` does; tokenizer_config.json
+ * only has to parse. A loaded tokenizer is read-only: encode, decode and
+ * separate loom_detok streams may run on several threads at once. */
 loom_tokenizer *loom_tokenizer_load(const char *dir, loom_err *err);
 
 /* Frees everything; accepts NULL. */

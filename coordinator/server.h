@@ -1,0 +1,52 @@
+/* The coordinator (MPI rank 0) of `loom serve`: a ZeroMQ ROUTER for clients,
+ * a PUB for BatchPlans and a PULL for StepResults; it tokenizes, validates,
+ * batches (static batching: up to max_batch_size requests start together,
+ * split into PP micro-batches that are in flight at once), detokenizes and
+ * streams, and gives every request exactly one terminal chunk. */
+#ifndef LOOM_COORDINATOR_SERVER_H
+#define LOOM_COORDINATOR_SERVER_H
+
+#include <stdint.h>
+
+#include "../util/status.h"
+
+typedef struct loom_server_opts {
+    const char *model_dir;
+    const char *listen;         /* client endpoint, e.g. tcp://127.0.0.1:5555 */
+    const char *control_host;   /* host workers reach the coordinator at */
+    int tp, pp;
+    int64_t max_batch_size;
+    int64_t max_num_tokens;     /* tokens per step (prompt chunks are cut to fit) */
+    int64_t max_seq_len;        /* prompt + new tokens */
+    int verbose;
+} loom_server_opts;
+
+typedef struct loom_server loom_server;
+
+/* Loads the config and tokenizer and binds the three sockets. On error
+ * returns NULL and fills err. */
+loom_server *loom_server_create(const loom_server_opts *o, int n_workers, loom_err *err);
+
+/* The endpoints workers connect to (valid while s lives). */
+const char *loom_server_plan_endpoint(const loom_server *s);
+const char *loom_server_result_endpoint(const loom_server *s);
+
+/* Waits until every worker is subscribed, then serves until SIGTERM/SIGINT
+ * (returns LOOM_OK after answering every request) or a worker fails (every
+ * request gets an error chunk; returns non-OK with the worker's message). */
+loom_status loom_server_run(loom_server *s, loom_err *err);
+
+/* Tells the workers to stop (publishes Shutdown). */
+void loom_server_shutdown_workers(loom_server *s);
+
+/* Closes the sockets (flushing what is queued, up to a second) and frees;
+ * accepts NULL. */
+void loom_server_destroy(loom_server *s);
+
+/* Installs SIGTERM/SIGINT handlers that make loom_server_run return. */
+void loom_server_install_signals(void);
+
+/* True once SIGTERM/SIGINT arrived. */
+int loom_server_stopping(void);
+
+#endif

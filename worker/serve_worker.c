@@ -1,0 +1,285 @@
+/* Serving worker (see serve_worker.h). Each KV slot holds one sequence;
+ * a plan's sequence with `start` set takes its slot afresh. Every worker
+ * sees every plan in the same order, so the pipeline stages and the TP ranks
+ * stay in step; only the last stage's TP rank 0 samples and answers (and
+ * every worker answers pings, so the coordinator knows all are subscribed). */
+#include "serve_worker.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <zmq.h>
+
+#include "../kernels/ops.h"
+#include "../parallel/dist_mpi.h"
+#include "../proto/wire.h"
+#include "sampler.h"
+
+struct loom_worker {
+    loom_worker_opts o;
+    loom_mpi_dist *dist;
+    const loom_topo *topo;
+    loom_model *m;
+    bool sampler_rank;        /* last stage, TP rank 0 */
+    int64_t n_slots;
+    loom_kv_cache **kv;       /* (n_slots) */
+    loom_sampler **samplers;  /* (n_slots), sampler rank only */
+    int32_t **history;        /* (n_slots, max_seq_len) fed tokens, sampler rank only */
+    int64_t *hist_len;        /* (n_slots) */
+    /* per-step scratch, sized for max_num_tokens / max_batch_size */
+    int32_t *tokens;
+    int64_t *seq_start;
+    loom_kv_cache **batch_kv;
+    int64_t *batch_slot;
+    uint64_t *out_seq;
+    int32_t *out_ids;
+};
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+loom_worker *loom_worker_create(MPI_Comm workers, const loom_worker_opts *o, loom_err *err)
+{
+    loom_worker *w = calloc(1, sizeof *w);
+    if (!w) {
+        loom_err_set(err, LOOM_ENOMEM, "out of memory");
+        return NULL;
+    }
+    w->o = *o;
+    w->dist = loom_mpi_dist_create(workers, o->tp, o->pp, err);
+    if (!w->dist) goto fail;
+    w->topo = loom_mpi_dist_topo(w->dist);
+    loom_config cfg;
+    if (loom_config_load(o->model_dir, &cfg, err) != LOOM_OK) goto fail;
+    loom_shard sh = {.tp_rank = w->topo->tp_rank, .tp_size = o->tp, .pp_rank = w->topo->pp_rank, .pp_size = o->pp};
+    const int64_t *layers = o->pp_layers ? o->pp_layers : (cfg.conv_pp == o->pp ? cfg.conv_pp_layers : NULL);
+    loom_status st = loom_shard_layers(cfg.n_layers, o->pp, layers, sh.pp_rank, &sh.layer_begin, &sh.layer_end, err);
+    loom_config_free(&cfg);
+    if (st != LOOM_OK) goto fail;
+    w->m = loom_model_load(o->model_dir, loom_ops_cpu(), &sh, loom_mpi_dist_hooks(w->dist), o->max_num_tokens, o->max_batch_size, err);
+    if (!w->m) goto fail;
+    w->sampler_rank = sh.pp_rank == o->pp - 1 && sh.tp_rank == 0;
+    w->n_slots = o->max_batch_size;
+    int64_t S = w->n_slots, T = o->max_num_tokens;
+    w->kv = calloc((size_t)S, sizeof *w->kv);
+    w->samplers = calloc((size_t)S, sizeof *w->samplers);
+    w->history = calloc((size_t)S, sizeof *w->history);
+    w->hist_len = calloc((size_t)S, sizeof *w->hist_len);
+    w->tokens = malloc((size_t)T * sizeof *w->tokens);
+    w->seq_start = malloc((size_t)(S + 1) * sizeof *w->seq_start);
+    w->batch_kv = malloc((size_t)S * sizeof *w->batch_kv);
+    w->batch_slot = malloc((size_t)S * sizeof *w->batch_slot);
+    w->out_seq = malloc((size_t)S * sizeof *w->out_seq);
+    w->out_ids = malloc((size_t)S * sizeof *w->out_ids);
+    if (!w->kv || !w->samplers || !w->history || !w->hist_len || !w->tokens || !w->seq_start || !w->batch_kv ||
+        !w->batch_slot || !w->out_seq || !w->out_ids) {
+        loom_err_set(err, LOOM_ENOMEM, "out of memory");
+        goto fail;
+    }
+    loom_sampling_params sp = loom_sampling_defaults();
+    for (int64_t s = 0; s < S; s++) {
+        w->kv[s] = loom_model_kv_create(w->m, o->max_seq_len, err);
+        if (!w->kv[s]) goto fail;
+        if (w->sampler_rank) {
+            w->samplers[s] = loom_sampler_create(w->m->cfg.vocab_size, &sp, err);
+            w->history[s] = malloc((size_t)o->max_seq_len * sizeof **w->history);
+            if (!w->samplers[s] || !w->history[s]) {
+                loom_err_set(err, LOOM_ENOMEM, "out of memory for sampler slots");
+                goto fail;
+            }
+        }
+    }
+    int64_t kv_bytes = S * loom_kv_cache_bytes(sh.layer_end - sh.layer_begin, o->max_seq_len, w->m->n_kv_local, w->m->cfg.head_dim);
+    fprintf(stderr,
+            "loom worker %d (stage %d/%d, tp %d/%d, layers %lld-%lld): weights %.2f MiB, KV %lld slots x %lld tokens = %.2f MiB, "
+            "activations %.2f MiB\n",
+            w->topo->worker, sh.pp_rank, o->pp, sh.tp_rank, o->tp, (long long)sh.layer_begin, (long long)sh.layer_end - 1,
+            (double)w->m->weight_bytes / 1048576.0, (long long)S, (long long)o->max_seq_len, (double)kv_bytes / 1048576.0,
+            (double)w->m->rs.bytes / 1048576.0);
+    return w;
+fail:
+    loom_worker_destroy(w);
+    return NULL;
+}
+
+void loom_worker_destroy(loom_worker *w)
+{
+    if (!w) return;
+    for (int64_t s = 0; s < w->n_slots; s++) {
+        if (w->kv) loom_kv_cache_destroy(w->kv[s]);
+        if (w->samplers) loom_sampler_destroy(w->samplers[s]);
+        if (w->history) free(w->history[s]);
+    }
+    free(w->kv);
+    free(w->samplers);
+    free(w->history);
+    free(w->hist_len);
+    free(w->tokens);
+    free(w->seq_start);
+    free(w->batch_kv);
+    free(w->batch_slot);
+    free(w->out_seq);
+    free(w->out_ids);
+    loom_model_destroy(w->m);
+    loom_mpi_dist_destroy(w->dist);
+    free(w);
+}
+
+/* Checks a plan against this worker's limits and fills the batch. The
+ * coordinator builds valid plans; this guards against a bug turning into
+ * memory corruption. */
+static loom_status build_batch(loom_worker *w, const Loom__BatchPlan *plan, loom_batch *b, loom_err *err)
+{
+    int64_t n = 0;
+    if (plan->n_seqs < 1 || (int64_t)plan->n_seqs > w->n_slots)
+        return loom_err_set(err, LOOM_EINTERNAL, "plan %llu has %zu sequences (slots: %lld)", (unsigned long long)plan->step, plan->n_seqs, (long long)w->n_slots);
+    w->seq_start[0] = 0;
+    for (size_t i = 0; i < plan->n_seqs; i++) {
+        const Loom__PlanSequence *ps = plan->seqs[i];
+        if (ps->seq_id >= (uint64_t)w->n_slots)
+            return loom_err_set(err, LOOM_EINTERNAL, "plan %llu: slot %llu out of range", (unsigned long long)plan->step, (unsigned long long)ps->seq_id);
+        for (size_t j = 0; j < i; j++)
+            if (plan->seqs[j]->seq_id == ps->seq_id) return loom_err_set(err, LOOM_EINTERNAL, "plan %llu: slot %llu twice", (unsigned long long)plan->step, (unsigned long long)ps->seq_id);
+        loom_kv_cache *kv = w->kv[ps->seq_id];
+        if (ps->start) kv->len = 0;
+        if (ps->n_token_ids < 1 || n + (int64_t)ps->n_token_ids > w->o.max_num_tokens)
+            return loom_err_set(err, LOOM_EINTERNAL, "plan %llu: %zu tokens for slot %llu exceed the step limit", (unsigned long long)plan->step, ps->n_token_ids, (unsigned long long)ps->seq_id);
+        if (ps->n_positions != ps->n_token_ids || ps->positions[0] != kv->len)
+            return loom_err_set(err, LOOM_EINTERNAL, "plan %llu: slot %llu positions do not continue its cache (at %lld)", (unsigned long long)plan->step,
+                                (unsigned long long)ps->seq_id, (long long)kv->len);
+        memcpy(w->tokens + n, ps->token_ids, ps->n_token_ids * sizeof(int32_t));
+        n += (int64_t)ps->n_token_ids;
+        w->seq_start[i + 1] = n;
+        w->batch_kv[i] = kv;
+        w->batch_slot[i] = (int64_t)ps->seq_id;
+    }
+    b->n_seqs = (int64_t)plan->n_seqs;
+    b->seq_start = w->seq_start;
+    b->tokens = w->tokens;
+    b->kv = w->batch_kv;
+    return LOOM_OK;
+}
+
+/* Sampler rank: keeps each slot's fed tokens (for the repetition penalty)
+ * and samples the sequences that asked for it. */
+static loom_status sample(loom_worker *w, const Loom__BatchPlan *plan, size_t *n_out, loom_err *err)
+{
+    *n_out = 0;
+    const int64_t V = w->m->cfg.vocab_size;
+    for (size_t i = 0; i < plan->n_seqs; i++) {
+        const Loom__PlanSequence *ps = plan->seqs[i];
+        int64_t slot = (int64_t)ps->seq_id;
+        if (ps->start) {
+            w->hist_len[slot] = 0;
+            const Loom__SamplingParams *sp = ps->sampling;
+            loom_sampling_params p = loom_sampling_defaults();
+            if (sp) {
+                p.temperature = sp->temperature;
+                p.top_k = sp->top_k;
+                p.top_p = sp->top_p;
+                p.repetition_penalty = sp->repetition_penalty;
+                p.seed = sp->seed;
+            }
+            LOOM_CHECK(loom_sampler_reset(w->samplers[slot], &p, err));
+        }
+        if (w->hist_len[slot] + (int64_t)ps->n_token_ids > w->o.max_seq_len)
+            return loom_err_set(err, LOOM_EINTERNAL, "slot %lld history overflow", (long long)slot);
+        memcpy(w->history[slot] + w->hist_len[slot], ps->token_ids, ps->n_token_ids * sizeof(int32_t));
+        w->hist_len[slot] += (int64_t)ps->n_token_ids;
+        if (!ps->sample) continue;
+        w->out_seq[*n_out] = ps->seq_id;
+        w->out_ids[*n_out] = loom_sampler_sample(w->samplers[slot], w->m->rs.logits + (int64_t)i * V, w->history[slot], w->hist_len[slot]);
+        (*n_out)++;
+    }
+    return LOOM_OK;
+}
+
+static loom_status send_result(void *push, uint64_t step, int worker, const uint64_t *seqs, const int32_t *ids, size_t n,
+                               const char *error, double ms, loom_err *err)
+{
+    Loom__StepResult r = LOOM__STEP_RESULT__INIT;
+    r.step = step;
+    r.worker = worker;
+    r.n_seq_ids = n;
+    r.seq_ids = (uint64_t *)seqs;
+    r.n_sampled_ids = n;
+    r.sampled_ids = (int32_t *)ids;
+    r.error = (char *)(error ? error : "");
+    r.compute_ms = ms;
+    Loom__Envelope env = LOOM__ENVELOPE__INIT;
+    env.body_case = LOOM__ENVELOPE__BODY_RESULT;
+    env.result = &r;
+    return loom_wire_send(push, &env, 0, err);
+}
+
+loom_status loom_worker_serve(loom_worker *w, const char *plan_endpoint, const char *result_endpoint, loom_err *err)
+{
+    loom_status st = LOOM_OK;
+    void *ctx = zmq_ctx_new();
+    void *sub = zmq_socket(ctx, ZMQ_SUB), *push = zmq_socket(ctx, ZMQ_PUSH);
+    int linger = 2000, hwm = 0;
+    zmq_setsockopt(push, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(sub, ZMQ_RCVHWM, &hwm, sizeof hwm); /* never drop a plan */
+    if (zmq_setsockopt(sub, ZMQ_SUBSCRIBE, "", 0) || zmq_connect(sub, plan_endpoint) || zmq_connect(push, result_endpoint)) {
+        st = loom_err_set(err, LOOM_EIO, "worker %d cannot connect to the coordinator (%s, %s): %s", w->topo->worker, plan_endpoint,
+                          result_endpoint, zmq_strerror(zmq_errno()));
+        goto out;
+    }
+    for (;;) {
+        Loom__Envelope *env = NULL;
+        loom_err rerr;
+        loom_status rs = loom_wire_recv(sub, 0, &env, &rerr);
+        if (rs == LOOM_EIO && errno == EINTR) continue; /* a signal: the coordinator decides when to stop */
+        if (rs == LOOM_EIO) {
+            st = loom_err_set(err, LOOM_EIO, "worker %d: plan socket: %s", w->topo->worker, rerr.msg);
+            goto out;
+        }
+        if (rs != LOOM_OK) continue; /* not ours to answer: plans come only from the coordinator */
+        if (env->body_case == LOOM__ENVELOPE__BODY_SHUTDOWN) {
+            loom_wire_free(env);
+            break;
+        }
+        if (env->body_case != LOOM__ENVELOPE__BODY_PLAN) {
+            loom_wire_free(env);
+            continue;
+        }
+        const Loom__BatchPlan *plan = env->plan;
+        if (plan->step == 0) { /* ping: prove this worker is subscribed */
+            st = send_result(push, 0, w->topo->worker, NULL, NULL, 0, NULL, 0, err);
+            loom_wire_free(env);
+            if (st != LOOM_OK) goto out;
+            continue;
+        }
+        double t0 = now_s();
+        loom_batch b;
+        size_t n_out = 0;
+        loom_err serr = {{0}};
+        loom_status fs = build_batch(w, plan, &b, &serr);
+        if (fs == LOOM_OK) fs = loom_model_forward_batch(w->m, &b, &serr);
+        if (fs == LOOM_OK && w->sampler_rank) fs = sample(w, plan, &n_out, &serr);
+        double ms = (now_s() - t0) * 1e3;
+        if (fs != LOOM_OK) {
+            /* Tell the coordinator, then stop: the other ranks cannot go on without this one. */
+            char msg[LOOM_ERR_LEN + 64];
+            snprintf(msg, sizeof msg, "worker %d: %s", w->topo->worker, serr.msg);
+            send_result(push, plan->step, w->topo->worker, NULL, NULL, 0, msg, ms, err);
+            st = loom_err_set(err, fs, "%s", msg);
+            loom_wire_free(env);
+            goto out;
+        }
+        if (w->sampler_rank) st = send_result(push, plan->step, w->topo->worker, w->out_seq, w->out_ids, n_out, NULL, ms, err);
+        loom_wire_free(env);
+        if (st != LOOM_OK) goto out;
+    }
+out:
+    zmq_close(sub);
+    zmq_close(push);
+    zmq_ctx_term(ctx);
+    return st;
+}

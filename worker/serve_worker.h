@@ -1,0 +1,39 @@
+/* A serving worker rank: loads its model partition, then executes the
+ * coordinator's BatchPlans (ZeroMQ SUB) in order, passing activations and
+ * all-reducing over MPI, and (last stage, TP rank 0) samples and returns a
+ * StepResult (ZeroMQ PUSH). */
+#ifndef LOOM_WORKER_SERVE_WORKER_H
+#define LOOM_WORKER_SERVE_WORKER_H
+
+#include <mpi.h>
+#include <stdint.h>
+
+#include "../util/status.h"
+#include "model.h"
+
+typedef struct loom_worker_opts {
+    const char *model_dir;
+    int tp, pp;
+    const int64_t *pp_layers;   /* (pp) or NULL for an even split */
+    int64_t max_batch_size;     /* KV slots */
+    int64_t max_num_tokens;     /* tokens per step */
+    int64_t max_seq_len;        /* positions per slot */
+    int verbose;
+} loom_worker_opts;
+
+typedef struct loom_worker loom_worker;
+
+/* Loads this rank's partition (collective over `workers`, which must hold
+ * tp*pp ranks) and allocates every KV slot, sampler and buffer it will use.
+ * Prints the rank's memory line to stderr. On error returns NULL and fills err. */
+loom_worker *loom_worker_create(MPI_Comm workers, const loom_worker_opts *o, loom_err *err);
+
+/* Serves plans from plan_endpoint (SUB) and sends results to
+ * result_endpoint (PUSH) until a Shutdown arrives. Returns non-OK if a step
+ * fails (after telling the coordinator) or a socket breaks. */
+loom_status loom_worker_serve(loom_worker *w, const char *plan_endpoint, const char *result_endpoint, loom_err *err);
+
+/* Frees everything; accepts NULL. Collective over the workers. */
+void loom_worker_destroy(loom_worker *w);
+
+#endif
