@@ -29,6 +29,8 @@
 # slot more than the others), and without either everything runs on this machine.
 #
 # Other behaviour:
+#   * on SIGTERM, ranks get LOOM_SIGKILL_TIMEOUT (default 5) seconds before mpirun's
+#     SIGKILL, so the coordinator can answer every open request first.
 #   * run as root: exports OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1.
 #   * on one machine with fewer CPU cores than ranks (CPU backend, tests) it adds
 #     --oversubscribe; --oversubscribe forces it.
@@ -167,6 +169,9 @@ if [ "$(id -u)" -eq 0 ]; then
 fi
 
 mpi_opts=(-n "$np" --map-by slot --bind-to "$bind_to")
+# On SIGTERM mpirun signals every rank and SIGKILLs them after this many seconds
+# (Open MPI's default is 1): time for the coordinator to answer its clients.
+mpi_opts+=(--mca odls_base_sigkill_timeout "${LOOM_SIGKILL_TIMEOUT:-5}")
 
 # Hosts of the placement: the hostfile's first column, else the Slurm allocation.
 hosts=()

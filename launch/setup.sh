@@ -13,10 +13,12 @@ cd "$root"
 PACKAGES="build-essential meson ninja-build pkg-config python3 python3-venv python3-pip \
   libopenmpi-dev openmpi-bin libzmq3-dev libprotobuf-c-dev protobuf-c-compiler \
   libjansson-dev libpcre2-dev libutf8proc-dev"
+# The test suite also starts a real Slurm on localhost.
+TEST_PACKAGES="slurmctld slurmd slurm-client munge"
 
 install_deps() {
     missing=""
-    for p in $PACKAGES; do
+    for p in $PACKAGES ${EXTRA_PACKAGES:-}; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
     done
     if [ -n "$missing" ]; then
@@ -29,15 +31,16 @@ install_deps() {
     if [ -x /usr/local/cuda/bin/nvcc ]; then PATH=/usr/local/cuda/bin:$PATH; export PATH; fi
 }
 
-# Python with Hugging Face `tokenizers`, used by the tests to compute expected
-# token ids independently of loom.
+# Python for the tests: Hugging Face `tokenizers` computes expected token ids
+# independently of loom; pyzmq + protobuf (+ grpcio-tools for protoc) run the
+# Python client.
 python_env() {
     venv="$root/build-venv"
     if [ ! -x "$venv/bin/python3" ]; then
         python3 -m venv "$venv"
     fi
-    "$venv/bin/python3" -c "import tokenizers" 2>/dev/null ||
-        "$venv/bin/python3" -m pip install -q --disable-pip-version-check "tokenizers>=0.20" numpy
+    "$venv/bin/python3" -c "import tokenizers, zmq, google.protobuf, grpc_tools" 2>/dev/null ||
+        "$venv/bin/python3" -m pip install -q --disable-pip-version-check "tokenizers>=0.20" numpy pyzmq protobuf grpcio-tools
     PATH="$venv/bin:$PATH"
     export PATH
 }
@@ -50,11 +53,22 @@ demo)
     install_deps
     [ -f build/build.ninja ] || meson setup build --buildtype=release >/dev/null
     ninja -C build >/dev/null
-    echo "setup: built build/loom; running the demo model (stories260K) on the CPU:"
-    ./build/loom run --model tests/data/stories260K --prompt "Once upon a time" \
-        --max-new-tokens 120 --temperature 0.8 --top-p 0.9 --seed 42 --stop-id 1 --verbose
+    # The main job: the cluster on the demo model (stories260K), tensor parallel
+    # over 2 CPU worker ranks under mpirun, queried with loom client.
+    endpoint=tcp://127.0.0.1:${LOOM_DEMO_PORT:-5555}
+    echo "setup: starting the cluster: launch/loom-launch.sh --model tests/data/stories260K --tp 2 --listen $endpoint"
+    OMP_NUM_THREADS=1 launch/loom-launch.sh --model tests/data/stories260K --tp 2 --listen "$endpoint" &
+    cluster=$!
+    trap 'kill -TERM $cluster 2>/dev/null; wait $cluster 2>/dev/null' EXIT
+    ./build/loom client --endpoint "$endpoint" --health --wait 60 >/dev/null
+    echo "setup: query: loom client --prompt \"Once upon a time\" --max-new-tokens 120 --stream"
+    printf "Once upon a time"
+    ./build/loom client --endpoint "$endpoint" --prompt "Once upon a time" --max-new-tokens 120 \
+        --temperature 0.8 --top-p 0.9 --seed 42 --stop-id 1 --stream
+    echo
     ;;
 test)
+    EXTRA_PACKAGES=$TEST_PACKAGES
     install_deps
     python_env
     [ -f build-test/build.ninja ] || meson setup build-test --buildtype=debugoptimized \

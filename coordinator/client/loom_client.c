@@ -21,7 +21,7 @@
 #define HEARTBEAT_TIMEOUT_MS 5000 /* no traffic for this long: the connection is dead */
 #define HEARTBEAT_TTL_MS 10000   /* tells the server to drop us after this much silence */
 #define CANCEL_GRACE_MS 10000    /* how long generate waits for a cancel to be confirmed */
-#define LOST_GRACE_MS 250        /* after a disconnection, still take what was already on its way */
+#define LOST_GRACE_MS 3000        /* after a disconnection, still take what was already on its way */
 
 struct loom_client {
     void *zctx;                  /* own ZeroMQ context: clients are independent */
@@ -237,7 +237,7 @@ loom_client *loom_client_connect(const char *endpoint, int timeout_ms, loom_err 
     }
     int64_t maxmsg = (int64_t)LOOM_WIRE_MAX_BYTES;
     LOOM_CHECK_GOTO(st, set_int(c->sock, ZMQ_LINGER, 0, "ZMQ_LINGER", err), fail);
-    LOOM_CHECK_GOTO(st, set_int(c->sock, ZMQ_IMMEDIATE, 1, "ZMQ_IMMEDIATE", err), fail);
+    LOOM_CHECK_GOTO(st, set_int(c->sock, ZMQ_IMMEDIATE, 0, "ZMQ_IMMEDIATE", err), fail);
     /* The server's ROUTER drops what a full queue cannot take; never let ours be full. */
     LOOM_CHECK_GOTO(st, set_int(c->sock, ZMQ_RCVHWM, 0, "ZMQ_RCVHWM", err), fail);
     LOOM_CHECK_GOTO(st, set_int(c->sock, ZMQ_HEARTBEAT_IVL, HEARTBEAT_IVL_MS, "ZMQ_HEARTBEAT_IVL", err), fail);
