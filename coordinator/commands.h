@@ -8,5 +8,6 @@ int loom_cmd_tokenize(int argc, char **argv);
 int loom_cmd_run(int argc, char **argv);
 int loom_cmd_client(int argc, char **argv);
 int loom_cmd_serve(int argc, char **argv);
+int loom_cmd_convert(int argc, char **argv);
 
 #endif

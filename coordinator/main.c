@@ -12,6 +12,7 @@ static const struct {
 } commands[] = {
     {"tokenize", loom_cmd_tokenize, "print the token ids of a text"},
     {"run", loom_cmd_run, "one-shot generation from a prompt"},
+    {"convert", loom_cmd_convert, "split a Hugging Face checkpoint into per-rank files"},
     {"serve", loom_cmd_serve, "run the cluster (under mpirun or srun)"},
     {"client", loom_cmd_client, "query a running cluster (protobuf over ZeroMQ)"},
 };
@@ -22,7 +23,7 @@ static void usage(FILE *f)
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
     fprintf(f, "\n'loom <command> --help' describes a command's options.\n"
-               "Not built yet: convert, bench (see README.md).\n");
+               "Not built yet: bench (see README.md).\n");
 }
 
 int main(int argc, char **argv)

@@ -21,7 +21,7 @@
 #define HEARTBEAT_TIMEOUT_MS 5000 /* no traffic for this long: the connection is dead */
 #define HEARTBEAT_TTL_MS 10000   /* tells the server to drop us after this much silence */
 #define CANCEL_GRACE_MS 10000    /* how long generate waits for a cancel to be confirmed */
-#define LOST_GRACE_MS 3000        /* after a disconnection, still take what was already on its way */
+#define LOST_GRACE_MS 250        /* after a disconnection, still take what was already on its way */
 
 struct loom_client {
     void *zctx;                  /* own ZeroMQ context: clients are independent */
@@ -31,6 +31,7 @@ struct loom_client {
     char id_prefix[24];          /* random per client: request ids are unique across clients */
     uint64_t next_id;
     int send_wait_ms;            /* longest wait for a connection before a send */
+    bool connected;              /* a connection to the server is up (monitor events) */
     bool lost;                   /* the connection dropped while replies were due */
     int64_t lost_at;             /* when (ms, monotonic) */
     Loom__Envelope *last;        /* the envelope the last chunk handed out points into */
@@ -98,22 +99,29 @@ static void pending_clear(loom_client *c)
 
 /* --- socket plumbing --------------------------------------------------------- */
 
-/* Reads the monitor's queued events; true if one of them is a disconnection. */
-static bool drain_monitor(loom_client *c)
+/* Reads the monitor's queued events into c->connected; with `awaiting` (a
+ * reply or chunks are due), a disconnection marks the connection lost. */
+static void drain_monitor(loom_client *c, bool awaiting)
 {
-    bool lost = false;
     for (;;) {
         zmq_msg_t m;
         zmq_msg_init(&m);
         if (zmq_msg_recv(&m, c->mon, ZMQ_DONTWAIT) < 0) {
             zmq_msg_close(&m);
-            return lost;
+            return;
         }
         /* frame 1: uint16 event + uint32 value; frame 2: the peer address */
         if (zmq_msg_size(&m) >= 2) {
             uint16_t ev;
             memcpy(&ev, zmq_msg_data(&m), sizeof ev);
-            if (ev == ZMQ_EVENT_DISCONNECTED) lost = true;
+            if (ev == ZMQ_EVENT_CONNECTED) c->connected = true;
+            if (ev == ZMQ_EVENT_DISCONNECTED) {
+                c->connected = false;
+                if (awaiting && !c->lost) {
+                    c->lost = true;
+                    c->lost_at = now_ms();
+                }
+            }
         }
         while (zmq_msg_more(&m) && zmq_msg_recv(&m, c->mon, 0) >= 0) {}
         zmq_msg_close(&m);
@@ -123,9 +131,9 @@ static bool drain_monitor(loom_client *c)
 /* Waits until sock has `events` (ZMQ_POLLIN/ZMQ_POLLOUT) or deadline passes
  * (*ready false). With `awaiting` (a reply or chunks are due), a dropped
  * connection is an error: whatever was in flight is lost with it. What the
- * server sent just before closing (a last error chunk) is still delivered:
+ * server sent before closing (a last error chunk) is still delivered first:
  * the monitor may report the drop before the socket shows that message, so a
- * drop only counts once LOST_GRACE_MS pass without anything to read. */
+ * drop only counts once LOST_GRACE_MS pass with nothing left to read. */
 static loom_status wait_sock(loom_client *c, short events, int64_t deadline, bool awaiting, bool *ready, loom_err *err)
 {
     *ready = false;
@@ -138,10 +146,7 @@ static loom_status wait_sock(loom_client *c, short events, int64_t deadline, boo
             if (errno == EINTR) continue;
             return loom_err_set(err, LOOM_EIO, "polling the connection to %s failed: %s", c->endpoint, zmq_strerror(errno));
         }
-        if ((items[1].revents & ZMQ_POLLIN) && drain_monitor(c) && awaiting && !c->lost) {
-            c->lost = true;
-            c->lost_at = now_ms();
-        }
+        if (items[1].revents & ZMQ_POLLIN) drain_monitor(c, awaiting);
         if (items[0].revents & events) {
             *ready = true;
             return LOOM_OK;
@@ -155,23 +160,29 @@ static loom_status wait_sock(loom_client *c, short events, int64_t deadline, boo
     }
 }
 
-/* Sends env once a connection is up (ZMQ_IMMEDIATE: nothing queues for a
- * server that is not there), waiting up to wait_ms for one. */
+/* Sends env once a connection is up, waiting up to wait_ms for one (nothing
+ * is queued for a server that is not there). */
 static loom_status send_env(loom_client *c, Loom__Envelope *env, int wait_ms, loom_err *err)
 {
-    if (c->n_pending == 0) { /* old events say nothing about this message */
-        drain_monitor(c);
-        c->lost = false;
-    }
+    bool awaiting = c->n_pending > 0;
+    drain_monitor(c, awaiting);
+    if (!awaiting) c->lost = false; /* an old drop says nothing about this message */
     int64_t deadline = deadline_after(wait_ms);
-    for (;;) {
-        bool ready;
-        LOOM_CHECK(wait_sock(c, ZMQ_POLLOUT, deadline, c->n_pending > 0, &ready, err));
-        if (!ready)
+    while (!c->connected) {
+        zmq_pollitem_t it = {c->mon, 0, ZMQ_POLLIN, 0};
+        if (zmq_poll(&it, 1, remaining_ms(deadline)) < 0 && errno != EINTR)
+            return loom_err_set(err, LOOM_EIO, "polling the connection to %s failed: %s", c->endpoint, zmq_strerror(errno));
+        drain_monitor(c, awaiting);
+        if (!c->connected && deadline >= 0 && now_ms() >= deadline)
             return loom_err_set(err, LOOM_EIO, "no connection to %s within %d ms (is the coordinator running there?)",
                                 c->endpoint, wait_ms);
+    }
+    for (;;) {
         loom_status st = loom_wire_send(c->sock, env, ZMQ_DONTWAIT, err);
         if (st == LOOM_OK || errno != EAGAIN) return st;
+        bool ready; /* the send queue is full: wait for room */
+        LOOM_CHECK(wait_sock(c, ZMQ_POLLOUT, deadline, awaiting, &ready, err));
+        if (!ready) return loom_err_set(err, LOOM_EIO, "cannot send to %s: its queue stayed full for %d ms", c->endpoint, wait_ms);
     }
 }
 
@@ -237,8 +248,10 @@ loom_client *loom_client_connect(const char *endpoint, int timeout_ms, loom_err 
     }
     int64_t maxmsg = (int64_t)LOOM_WIRE_MAX_BYTES;
     LOOM_CHECK_GOTO(st, set_int(c->sock, ZMQ_LINGER, 0, "ZMQ_LINGER", err), fail);
-    LOOM_CHECK_GOTO(st, set_int(c->sock, ZMQ_IMMEDIATE, 0, "ZMQ_IMMEDIATE", err), fail);
-    /* The server's ROUTER drops what a full queue cannot take; never let ours be full. */
+    /* Not ZMQ_IMMEDIATE: with it a dropped connection also discards what the
+     * server sent last (its error chunk before exiting). The monitor tells
+     * send_env whether a connection is up instead.
+     * The server's ROUTER drops what a full queue cannot take; never let ours be full. */
     LOOM_CHECK_GOTO(st, set_int(c->sock, ZMQ_RCVHWM, 0, "ZMQ_RCVHWM", err), fail);
     LOOM_CHECK_GOTO(st, set_int(c->sock, ZMQ_HEARTBEAT_IVL, HEARTBEAT_IVL_MS, "ZMQ_HEARTBEAT_IVL", err), fail);
     LOOM_CHECK_GOTO(st, set_int(c->sock, ZMQ_HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS, "ZMQ_HEARTBEAT_TIMEOUT", err), fail);
@@ -248,7 +261,7 @@ loom_client *loom_client_connect(const char *endpoint, int timeout_ms, loom_err 
         st = loom_err_set(err, LOOM_EIO, "zmq_setsockopt(ZMQ_MAXMSGSIZE): %s", zmq_strerror(errno));
         goto fail;
     }
-    if (zmq_socket_monitor(c->sock, MONITOR_ADDR, ZMQ_EVENT_DISCONNECTED) != 0 ||
+    if (zmq_socket_monitor(c->sock, MONITOR_ADDR, ZMQ_EVENT_CONNECTED | ZMQ_EVENT_DISCONNECTED) != 0 ||
         zmq_connect(c->mon, MONITOR_ADDR) != 0) {
         st = loom_err_set(err, LOOM_EIO, "cannot monitor the client socket: %s", zmq_strerror(errno));
         goto fail;

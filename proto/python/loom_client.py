@@ -191,16 +191,18 @@ class LoomClient:
         self._sock = self._ctx.socket(zmq.DEALER)
         s = self._sock
         s.setsockopt(zmq.LINGER, 0)
-        s.setsockopt(zmq.IMMEDIATE, 1)      # nothing queues for a server that is not there
+        # Not IMMEDIATE: with it a dropped connection also discards what the server
+        # sent last; the monitor tells _send whether a connection is up instead.
         s.setsockopt(zmq.RCVHWM, 0)         # the server's ROUTER drops what we cannot take
         s.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         s.setsockopt(zmq.HEARTBEAT_IVL, _HEARTBEAT_IVL_MS)
         s.setsockopt(zmq.HEARTBEAT_TIMEOUT, _HEARTBEAT_TIMEOUT_MS)
         s.setsockopt(zmq.HEARTBEAT_TTL, _HEARTBEAT_TTL_MS)
-        self._mon = s.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._mon = s.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
         self._prefix = secrets.token_hex(6)
         self._next = 0
         self._pending = set()
+        self._connected = False
         self._lost = False
         self._lost_at = 0.0
         try:
@@ -242,12 +244,18 @@ class LoomClient:
 
     # --- plumbing ---------------------------------------------------------------
 
-    def _drain_monitor(self) -> bool:
-        lost = False
+    def _drain_monitor(self, awaiting: bool) -> None:
+        """Reads the monitor's events into _connected; with awaiting (replies
+        are due), a disconnection marks the connection lost."""
         while self._mon.poll(0):
-            ev = recv_monitor_message(self._mon)
-            lost |= ev["event"] == zmq.EVENT_DISCONNECTED
-        return lost
+            ev = recv_monitor_message(self._mon)["event"]
+            if ev == zmq.EVENT_CONNECTED:
+                self._connected = True
+            elif ev == zmq.EVENT_DISCONNECTED:
+                self._connected = False
+                if awaiting and not self._lost:
+                    self._lost = True
+                    self._lost_at = time.monotonic()
 
     def _wait(self, flag: int, deadline: Optional[float], awaiting: bool) -> bool:
         """Waits for POLLIN/POLLOUT until deadline (None: forever). With
@@ -266,9 +274,8 @@ class LoomClient:
                 until = grace if until is None else min(until, grace)
             left = None if until is None else max(0.0, until - time.monotonic())
             ready = dict(poller.poll(None if left is None else int(left * 1000) + 1))
-            if self._mon in ready and self._drain_monitor() and awaiting and not self._lost:
-                self._lost = True
-                self._lost_at = time.monotonic()
+            if self._mon in ready:
+                self._drain_monitor(awaiting)
             if ready.get(self._sock, 0) & flag:
                 return True
             if self._lost and awaiting and time.monotonic() >= self._lost_at + _LOST_GRACE_S:
@@ -279,19 +286,28 @@ class LoomClient:
                 return False
 
     def _send(self, env, wait: float = _SEND_WAIT_S) -> None:
-        if not self._pending:
-            self._drain_monitor()  # old events say nothing about this message
-            self._lost = False
+        """Sends env once a connection is up, waiting up to wait seconds for one."""
+        if self._sock is None:
+            raise LoomError("the client is closed")
+        awaiting = bool(self._pending)
+        self._drain_monitor(awaiting)
+        if not awaiting:
+            self._lost = False  # an old drop says nothing about this message
         deadline = time.monotonic() + wait
+        while not self._connected:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise LoomError(f"no connection to {self.endpoint} within {wait:g} s (is the coordinator running there?)")
+            self._mon.poll(int(left * 1000) + 1)
+            self._drain_monitor(awaiting)
         data = pack(env)
         while True:
-            if not self._wait(zmq.POLLOUT, deadline, bool(self._pending)):
-                raise LoomError(f"no connection to {self.endpoint} within {wait:g} s (is the coordinator running there?)")
             try:
                 self._sock.send(data, zmq.DONTWAIT)
                 return
-            except zmq.Again:
-                continue
+            except zmq.Again:  # the send queue is full: wait for room
+                if not self._wait(zmq.POLLOUT, deadline, awaiting):
+                    raise LoomError(f"cannot send to {self.endpoint}: its queue stayed full for {wait:g} s") from None
 
     def _recv(self, deadline: Optional[float]):
         """The next valid envelope, or None when the deadline passes."""

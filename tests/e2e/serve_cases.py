@@ -256,6 +256,50 @@ def sigterm_answers_clients():
     assert client.returncode in (0, 1) and (client.returncode == 0 or "shutting down" in err), err
 
 
+@case
+def convert_then_serve():
+    """loom convert writes per-rank files; serving them gives the same tokens as
+    the original, and a mismatched layout is refused at start-up."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        prompt, want = golden("llama_bias")
+        out = os.path.join(tmp, "bias_tp2pp2")
+        p = subprocess.run([LOOM, "convert", "--model", os.path.join(FIXTURES, "llama_bias"), "--out", out, "--tp", "2", "--pp", "2"],
+                           capture_output=True, text=True, env=ENV)
+        assert p.returncode == 0 and "rank 4/4" in p.stderr, p.stderr
+        assert sorted(f for f in os.listdir(out) if f.endswith(".safetensors")) == [f"rank{i}.safetensors" for i in range(4)]
+        with Cluster(out, 2, 2) as c:
+            got = c.query("--prompt-ids", ",".join(map(str, prompt)), "--max-new-tokens", str(len(want)))
+            assert got["output_ids"] == want, (got["output_ids"], want)
+        # the wrong layout: every rank refuses, the job exits non-zero with the reason
+        p = subprocess.run(["mpirun", "-n", "3", LOOM, "serve", "--model", out, "--tp", "2", "--pp", "1", "--listen",
+                            f"tcp://127.0.0.1:{free_port()}"], capture_output=True, text=True, env=ENV, timeout=60)
+        assert p.returncode != 0 and "converted for tp=2 pp=2" in p.stderr, p.stderr
+        # uneven stages and a cast: the demo model as bf16 over 2 stages of 2 and 3 layers
+        exp = json.load(open(os.path.join(STORIES, "expected_greedy.json")))["output_ids"]
+        out2 = os.path.join(tmp, "stories_pp2")
+        subprocess.run([LOOM, "convert", "--model", STORIES, "--out", out2, "--pp", "2", "--pp-layers", "2,3"], check=True,
+                       capture_output=True, env=ENV)
+        assert os.path.exists(os.path.join(out2, "tokenizer.json"))
+        with Cluster(out2, 1, 2) as c:
+            got = c.query("--prompt", "Once upon a time", "--max-new-tokens", "20")
+            ref = subprocess.run([LOOM, "run", "--model", STORIES, "--prompt", "Once upon a time", "--max-new-tokens", "20", "--json"],
+                                 capture_output=True, text=True, env=ENV, check=True)
+            assert got == json.loads(ref.stdout), (got, ref.stdout)
+        out3 = os.path.join(tmp, "stories_bf16")
+        subprocess.run([LOOM, "convert", "--model", STORIES, "--out", out3, "--dtype", "bf16"], check=True, capture_output=True, env=ENV)
+        r = subprocess.run([LOOM, "run", "--model", out3, "--prompt-ids", "1", "--max-new-tokens", "30", "--json"],
+                           capture_output=True, text=True, env=ENV, check=True)
+        # bf16 weights: a real story still, mostly the same tokens as fp32
+        got = json.loads(r.stdout)["output_ids"]
+        same = sum(a == b for a, b in zip(got, exp))
+        assert same >= 10, (same, got)
+        # shapes TP cannot split are refused with the sizes that work
+        p = subprocess.run([LOOM, "convert", "--model", os.path.join(FIXTURES, "llama_gqa"), "--out", os.path.join(tmp, "x"), "--tp", "4"],
+                           capture_output=True, text=True, env=ENV)
+        assert p.returncode == 1 and "intermediate_size = 150" in p.stderr and "1, 2" in p.stderr, p.stderr
+
+
 def main():
     global LOOM, RAW
     if len(sys.argv) != 4 or sys.argv[3] not in CASES:
