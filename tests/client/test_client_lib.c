@@ -290,7 +290,8 @@ static void test_bad_servers(void)
     /* nobody listens: a port we bound and released */
     double t0 = now_s();
     loom_client *c = loom_client_connect("tcp://127.0.0.1:1", 400, &err);
-    EXPECT(!c && strstr(err.msg, "no connection"), "nobody listening: %s", err.msg);
+    /* "no connection" when the refusal is seen in time, "no health reply" when it is not (a loaded machine) */
+    EXPECT(!c && (strstr(err.msg, "no connection") || strstr(err.msg, "no health reply")), "nobody listening: %s", err.msg);
     EXPECT(now_s() - t0 < 2, "gives up in time");
     c = loom_client_connect("not an endpoint", 0, &err);
     EXPECT(!c && strstr(err.msg, "cannot connect"), "bad endpoint: %s", err.msg);
