@@ -9,5 +9,6 @@ int loom_cmd_run(int argc, char **argv);
 int loom_cmd_client(int argc, char **argv);
 int loom_cmd_serve(int argc, char **argv);
 int loom_cmd_convert(int argc, char **argv);
+int loom_cmd_bench(int argc, char **argv);
 
 #endif

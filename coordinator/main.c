@@ -14,6 +14,7 @@ static const struct {
     {"run", loom_cmd_run, "one-shot generation from a prompt"},
     {"convert", loom_cmd_convert, "split a Hugging Face checkpoint into per-rank files"},
     {"serve", loom_cmd_serve, "run the cluster (under mpirun or srun)"},
+    {"bench", loom_cmd_bench, "benchmark static batches on one GPU against measured floors"},
     {"client", loom_cmd_client, "query a running cluster (protobuf over ZeroMQ)"},
 };
 
@@ -22,8 +23,7 @@ static void usage(FILE *f)
     fprintf(f, "usage: loom <command> [options]\n\ncommands:\n");
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
         fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
-    fprintf(f, "\n'loom <command> --help' describes a command's options.\n"
-               "Not built yet: bench (see README.md).\n");
+    fprintf(f, "\n'loom <command> --help' describes a command's options.\n");
 }
 
 int main(int argc, char **argv)

@@ -1,0 +1,132 @@
+/* The CUDA ops: the GPU twins of kernels/cpu/, for fp16 and bf16 activations
+ * with fp32 accumulation. Every pointer is a device pointer unless a comment
+ * says otherwise; every call is asynchronous on `stream` (a cudaStream_t, NULL
+ * for the default stream) and allocates nothing (scratch comes from the
+ * caller), so a decode step can be captured in a CUDA graph. Each returns 0
+ * (cudaSuccess) or a cudaError_t value (cudaErrorInvalidValue = 1 for bad
+ * arguments). Shapes are (rows, cols), row-major.
+ *
+ * Paged KV layout (shared with kv/'s pool): for each layer a pool of blocks;
+ * block b holds K then V for `tokens_per_block` (B) positions of every kv head:
+ *   pool[b][0 = K | 1 = V][kv_head][slot in block][head_dim]
+ * so one block is 2 * n_kv_heads * B * head_dim elements (act dtype). A
+ * sequence's block table lists its blocks in position order: position p lives
+ * in block table[p / B] at slot p % B. The same table serves every layer. */
+#ifndef LOOM_KERNELS_CUDA_OPS_CUDA_H
+#define LOOM_KERNELS_CUDA_OPS_CUDA_H
+
+#include <stdint.h>
+
+#include "../../util/dtype.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- elementwise and normalization (kernels/cuda/elementwise.cu, ...) ---- */
+
+/* out (n, dim) act = table[ids[i], :] (table (vocab, dim) in wdt). ids on the device. */
+int loom_cuda_embedding(void *out, loom_dtype act, const void *table, loom_dtype wdt,
+                        const int32_t *ids, int64_t n, int64_t dim, void *stream);
+
+/* Fused residual add + RMSNorm (TensorRT-LLM's fusion): per row,
+ * residual += delta (skipped when delta is NULL), then
+ * out = residual * rsqrt(mean(residual^2) + eps) * w.
+ * residual, delta, out (n, dim) in act; w (dim) in wdt. The sum is rounded to
+ * act once (as PyTorch does when it adds two fp16 tensors). */
+int loom_cuda_add_rmsnorm(void *residual, const void *delta, void *out, loom_dtype act,
+                          const void *w, loom_dtype wdt, int64_t n, int64_t dim, float eps,
+                          void *stream);
+
+/* Rotary embedding in place on q (n, n_heads, head_dim) and k (n, n_kv_heads,
+ * head_dim), Hugging Face rotate_half layout (i pairs with i + head_dim/2),
+ * angle = pos[t] * inv_freq[i] computed in fp32 (inv_freq (head_dim/2) fp32 on
+ * the device, already adjusted for linear/llama3 scaling). Row strides q_stride
+ * and k_stride (elements) allow q and k to be column blocks of a fused QKV
+ * output (n, (H + 2*KVH) * head_dim). */
+int loom_cuda_rope(void *q, int64_t q_stride, void *k, int64_t k_stride, loom_dtype act,
+                   const int32_t *pos, int64_t n, int64_t n_heads, int64_t n_kv_heads,
+                   int64_t head_dim, const float *inv_freq, void *stream);
+
+/* Gated MLP activation on the fused gate/up GEMM output:
+ * gate_up (n, 2 * inter) holds [gate | up] per row; out (n, inter) =
+ * silu(gate) * up, in act. out may not alias gate_up. */
+int loom_cuda_silu_mul(void *out, const void *gate_up, loom_dtype act, int64_t n, int64_t inter,
+                       void *stream);
+
+/* ---- sampling (kernels/cuda/sampling.cu) ---- */
+
+/* Per row r of logits (n_rows, vocab) fp32: repetition penalty over
+ * history[r] (hist_offsets[r] .. hist_offsets[r+1] in the flat `history`,
+ * applied once per distinct id: negative logits * p, positive / p), then
+ * greedy (temperature[r] == 0 or top_k[r] == 1) or temperature, top-k (0 =
+ * off), top-p (1 = off) and a draw with Philox seeded by (seed[r], step[r]).
+ * out_ids (n_rows) int32. Parameters are per-row device arrays. scratch: at
+ * least loom_cuda_sampling_scratch_bytes(n_rows, vocab) bytes. logits are
+ * modified. Same (seed, step, logits) -> same id. */
+int loom_cuda_sample(int32_t *out_ids, float *logits, int64_t n_rows, int64_t vocab,
+                     const float *temperature, const int32_t *top_k, const float *top_p,
+                     const float *rep_penalty, const int32_t *history, const int64_t *hist_offsets,
+                     const uint64_t *seed, const uint64_t *step, void *scratch, void *stream);
+size_t loom_cuda_sampling_scratch_bytes(int64_t n_rows, int64_t vocab);
+
+/* ---- GEMM (kernels/cuda/gemm.c, cuBLASLt) ---- */
+
+typedef struct loom_cuda_gemm loom_cuda_gemm; /* handle, heuristic cache, workspace */
+
+/* Creates a cuBLASLt handle and allocates a workspace of workspace_bytes once.
+ * Returns NULL on failure (message in errbuf, errcap bytes). */
+loom_cuda_gemm *loom_cuda_gemm_create(size_t workspace_bytes, char *errbuf, size_t errcap);
+void loom_cuda_gemm_destroy(loom_cuda_gemm *g);
+
+/* y (n, out_dim) = x (n, in_dim) @ W^T (+ bias (out_dim)), x, W, bias and y all
+ * in act (fp16 or bf16), fp32 accumulation. W is (out_dim, in_dim) row-major
+ * as in Hugging Face checkpoints. The algorithm is picked by cuBLASLt's
+ * heuristic once per (n, in_dim, out_dim, act, bias?) and cached. */
+int loom_cuda_gemm_run(loom_cuda_gemm *g, void *y, const void *x, const void *w, const void *bias,
+                       loom_dtype act, int64_t n, int64_t in_dim, int64_t out_dim, void *stream);
+
+/* ---- attention over the paged KV cache (kernels/cuda/attention.cu) ---- */
+
+/* Writes k, v (n, n_kv_heads, head_dim; rows k_stride / v_stride elements
+ * apart) into the layer's pool at slot_mapping[t] = block * B + slot (one per
+ * token; -1 skips the token). */
+int loom_cuda_kv_append(void *pool, const void *k, int64_t k_stride, const void *v, int64_t v_stride,
+                        loom_dtype act, const int32_t *slot_mapping, int64_t n, int64_t n_kv_heads,
+                        int64_t head_dim, int64_t tokens_per_block, void *stream);
+
+/* Causal (optionally sliding-window) attention for a batch of sequences whose
+ * K/V are already in the paged pool (append first).
+ * q (n_tokens, n_heads, head_dim), rows q_stride elements apart; out (n_tokens,
+ * n_heads, head_dim) contiguous. Sequence s owns tokens q_start[s] ..
+ * q_start[s+1]-1 (host-computed, on the device), at positions
+ * ctx_len[s] - (q_start[s+1] - q_start[s]) .. ctx_len[s] - 1: every query
+ * attends to keys 0..its position (and only those > position - window when
+ * window > 0). block_tables (n_seqs, max_blocks) int32. Query head h reads kv
+ * head h / (n_heads / n_kv_heads). head_dim 64 or 128. Scores scaled by scale.
+ * Prefill-shaped batches use a flash-attention kernel; one-token-per-sequence
+ * batches use the paged decode kernel, split over several thread blocks per
+ * (sequence, head) with a reduction of partial results (multi-block /
+ * flash-decoding) when multi_block is 1, or when it is -1 (auto) and
+ * n_seqs * n_heads < SMs / 2 and the context is longer than 1024 tokens.
+ * scratch: loom_cuda_attention_scratch_bytes(...) bytes for the partials. */
+int loom_cuda_attention(void *out, const void *q, int64_t q_stride, const void *pool, loom_dtype act,
+                        const int32_t *q_start, const int32_t *ctx_len, const int32_t *block_tables,
+                        int64_t max_blocks, int64_t n_seqs, int64_t n_tokens, int64_t max_ctx,
+                        int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, int64_t tokens_per_block,
+                        int64_t window, float scale, int multi_block, void *scratch, void *stream);
+size_t loom_cuda_attention_scratch_bytes(int64_t n_seqs, int64_t n_heads, int64_t head_dim, int64_t max_ctx);
+
+/* The same attention for any head_dim <= 256 (attention_generic.cu): one warp
+ * per (token, head), no tensor cores; for small models the tuned kernels do
+ * not cover. */
+int loom_cuda_attention_generic(void *out, const void *q, int64_t q_stride, const void *pool, loom_dtype act,
+                                const int32_t *q_start, const int32_t *ctx_len, const int32_t *block_tables,
+                                int64_t max_blocks, int64_t n_seqs, int64_t n_tokens, int64_t n_heads, int64_t n_kv_heads,
+                                int64_t head_dim, int64_t tokens_per_block, int64_t window, float scale, void *stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,525 @@
+/* The single-GPU model (see gpu_model.h). Layout of one layer's forward:
+ *   add_rmsnorm -> GEMM qkv (fused) -> rope -> kv_append -> attention
+ *   -> GEMM o -> add_rmsnorm -> GEMM gate|up (fused) -> silu*mul -> GEMM down
+ * The residual add of each block is fused into the next RMSNorm. Per step the
+ * host packs token ids, positions, KV slots and block tables into one pinned
+ * buffer and sends it with a single copy. */
+#include "gpu_model.h"
+
+#include <cuda_runtime_api.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../kernels/cuda/ops_cuda.h"
+#include "../kernels/ops.h"
+#include "gpu_glue.h"
+#include "model.h"
+
+#define GEMM_WORKSPACE ((size_t)32 << 20)
+
+typedef struct gpu_layer {
+    void *attn_norm, *mlp_norm;  /* (H) act */
+    void *w_qkv, *b_qkv;         /* (QD + 2 KD, H), (QD + 2 KD) or NULL */
+    void *w_o, *b_o;             /* (H, QD), (H) */
+    void *w_gu, *b_gu;           /* (2 I, H), (2 I) */
+    void *w_down, *b_down;       /* (H, I), (H) */
+    void *pool;                  /* (n_blocks, 2, KVH, B, hd) */
+} gpu_layer;
+
+struct loom_gpu_model {
+    loom_config cfg;
+    loom_gpu_opts o;
+    size_t es;                   /* bytes per activation element */
+    cudaStream_t stream;
+    loom_cuda_gemm *gemm;
+    void *embed, *final_norm, *lm_head;
+    gpu_layer *layers;
+    float *inv_freq;
+    /* paged pool */
+    int64_t n_blocks, max_blocks_per_seq;
+    int32_t *free_blocks;        /* stack of free block ids (host) */
+    int64_t n_free;
+    int32_t *seq_blocks;         /* (max_seqs, max_blocks_per_seq) host */
+    int64_t *seq_len;            /* (max_seqs) host */
+    /* activations (device) */
+    void *x, *xn, *qkv, *att, *o_out, *gu, *h, *mlp, *last, *logits_act;
+    float *logits;
+    void *attn_scratch, *samp_scratch;
+    size_t attn_scratch_bytes, samp_scratch_bytes;
+    /* step staging: one pinned host buffer mirrored on the device */
+    void *stage_host, *stage_dev;
+    size_t stage_bytes;
+    int32_t *d_tokens, *d_pos, *d_slots, *d_qstart, *d_ctx, *d_bt, *d_last, *d_out;
+    float *d_temp, *d_topp, *d_rep;
+    int32_t *d_topk;
+    uint64_t *d_seed, *d_step;
+    int64_t *d_hoff;
+    int32_t *h_out;
+    uint64_t step;
+    loom_gpu_mem mem;
+    size_t weight_bytes;
+    void **allocs;
+    int n_allocs, cap_allocs;
+};
+
+loom_gpu_opts loom_gpu_opts_default(void)
+{
+    return (loom_gpu_opts){.act = LOOM_F16, .max_tokens = 8192, .max_seqs = 64, .max_seq_len = 4096, .tokens_per_block = 64,
+                           .kv_free_fraction = 0.9, .max_kv_tokens = 0, .multi_block = -1, .device = 0};
+}
+
+static loom_status cuda_fail(loom_err *err, int rc, const char *what)
+{
+    return loom_err_set(err, LOOM_EIO, "CUDA %s failed: %s", what, cudaGetErrorString((cudaError_t)rc));
+}
+
+#define CUDA_TRY(call, what)                                                   \
+    do {                                                                       \
+        int rc_ = (int)(call);                                                 \
+        if (rc_ != 0) return cuda_fail(err, rc_, what);                        \
+    } while (0)
+
+/* Device allocation, remembered for destroy. Out of memory names the part. */
+static loom_status dalloc(loom_gpu_model *m, void **p, size_t bytes, const char *what, loom_err *err)
+{
+    *p = NULL;
+    if (bytes == 0) bytes = 16;
+    if (m->n_allocs == m->cap_allocs) {
+        int cap = m->cap_allocs ? 2 * m->cap_allocs : 256;
+        void **a = realloc(m->allocs, (size_t)cap * sizeof *a);
+        if (!a) return loom_err_set(err, LOOM_ENOMEM, "out of host memory");
+        m->allocs = a;
+        m->cap_allocs = cap;
+    }
+    cudaError_t rc = cudaMalloc(p, bytes);
+    if (rc != cudaSuccess) {
+        size_t fr = 0, tot = 0;
+        cudaGetLastError();
+        cudaMemGetInfo(&fr, &tot);
+        return loom_err_set(err, LOOM_ENOMEM, "out of GPU memory allocating %s (%.2f GiB; %.2f GiB free of %.2f): %s", what,
+                            (double)bytes / (1 << 30), (double)fr / (1 << 30), (double)tot / (1 << 30),
+                            !strcmp(what, "KV pool") ? "lower --kv-cache-free-gpu-mem-fraction or --max-tokens-in-paged-kv-cache"
+                            : !strncmp(what, "activations", 11) ? "lower --max-num-tokens or --max-batch-size"
+                                                                : "the weights do not fit: use more GPUs (--tp) or a smaller dtype");
+    }
+    m->allocs[m->n_allocs++] = *p;
+    return LOOM_OK;
+}
+
+static void *off(void *p, int64_t elems, size_t es) { return (char *)p + (size_t)elems * es; }
+
+/* Uploads n elements of host src (dtype sdt) into dst (act) at element offset. */
+static loom_status upload(loom_gpu_model *m, void *dst, int64_t dst_off, const void *src, loom_dtype sdt, int64_t n, void *tmp,
+                          loom_err *err)
+{
+    size_t bytes = (size_t)n * loom_dtype_size(sdt);
+    CUDA_TRY(cudaMemcpyAsync(tmp, src, bytes, cudaMemcpyHostToDevice, m->stream), "weight upload");
+    CUDA_TRY(loom_gpu_cast(off(dst, dst_off, m->es), m->o.act, tmp, sdt, n, m->stream), "weight cast");
+    CUDA_TRY(cudaStreamSynchronize(m->stream), "weight upload");
+    return LOOM_OK;
+}
+
+static loom_status init_common(loom_gpu_model *m, const loom_config *cfg, const loom_gpu_opts *o, loom_err *err)
+{
+    m->o = *o;
+    if (o->act != LOOM_F16 && o->act != LOOM_BF16) return loom_err_set(err, LOOM_EINVAL, "the GPU backend computes in fp16 or bf16");
+    m->es = 2;
+    int n_dev = 0;
+    if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev == 0) {
+        cudaGetLastError();
+        return loom_err_set(err, LOOM_EIO, "no CUDA device is available (the CPU backend is `loom run` / `loom serve` without a GPU)");
+    }
+    if (o->device < 0 || o->device >= n_dev) return loom_err_set(err, LOOM_EINVAL, "CUDA device %d does not exist (%d present)", o->device, n_dev);
+    CUDA_TRY(cudaSetDevice(o->device), "set device");
+    CUDA_TRY(cudaStreamCreateWithFlags(&m->stream, cudaStreamNonBlocking), "stream create");
+    if (cfg->head_dim > 256)
+        return loom_err_set(err, LOOM_EUNSUPPORTED, "the CUDA attention kernels support head_dim up to 256 (this model has %lld)", (long long)cfg->head_dim);
+    char msg[256] = "";
+    m->gemm = loom_cuda_gemm_create(GEMM_WORKSPACE, msg, sizeof msg);
+    if (!m->gemm) return loom_err_set(err, LOOM_EIO, "cuBLASLt: %s", msg);
+    /* copy the config (the layer windows are ours to free) */
+    m->cfg = *cfg;
+    m->cfg.layer_window = calloc((size_t)cfg->n_layers, sizeof *m->cfg.layer_window);
+    m->cfg.conv_pp_layers = NULL;
+    if (!m->cfg.layer_window) return loom_err_set(err, LOOM_ENOMEM, "out of memory");
+    memcpy(m->cfg.layer_window, cfg->layer_window, (size_t)cfg->n_layers * sizeof *cfg->layer_window);
+    m->layers = calloc((size_t)cfg->n_layers, sizeof *m->layers);
+    if (!m->layers) return loom_err_set(err, LOOM_ENOMEM, "out of memory");
+    return LOOM_OK;
+}
+
+/* Allocates every weight buffer (act dtype, fused layouts). */
+static loom_status alloc_weights(loom_gpu_model *m, loom_err *err)
+{
+    const loom_config *c = &m->cfg;
+    const int64_t H = c->hidden_size, I = c->intermediate_size, V = c->vocab_size, hd = c->head_dim;
+    const int64_t QD = c->n_heads * hd, KD = c->n_kv_heads * hd, QKV = QD + 2 * KD;
+    size_t es = m->es, before = 0;
+    LOOM_CHECK(dalloc(m, &m->embed, (size_t)(V * H) * es, "embed_tokens", err));
+    LOOM_CHECK(dalloc(m, &m->final_norm, (size_t)H * es, "norm", err));
+    if (c->tie_word_embeddings) m->lm_head = m->embed;
+    else LOOM_CHECK(dalloc(m, &m->lm_head, (size_t)(V * H) * es, "lm_head", err));
+    before = (size_t)(V * H) * es * (c->tie_word_embeddings ? 1 : 2) + (size_t)H * es;
+    for (int64_t l = 0; l < c->n_layers; l++) {
+        gpu_layer *L = &m->layers[l];
+        LOOM_CHECK(dalloc(m, &L->attn_norm, (size_t)H * es, "weights", err));
+        LOOM_CHECK(dalloc(m, &L->mlp_norm, (size_t)H * es, "weights", err));
+        LOOM_CHECK(dalloc(m, &L->w_qkv, (size_t)(QKV * H) * es, "weights", err));
+        LOOM_CHECK(dalloc(m, &L->w_o, (size_t)(H * QD) * es, "weights", err));
+        LOOM_CHECK(dalloc(m, &L->w_gu, (size_t)(2 * I * H) * es, "weights", err));
+        LOOM_CHECK(dalloc(m, &L->w_down, (size_t)(H * I) * es, "weights", err));
+        if (c->qkv_bias) LOOM_CHECK(dalloc(m, &L->b_qkv, (size_t)QKV * es, "weights", err));
+        if (c->o_bias) LOOM_CHECK(dalloc(m, &L->b_o, (size_t)H * es, "weights", err));
+        if (c->mlp_bias) {
+            LOOM_CHECK(dalloc(m, &L->b_gu, (size_t)(2 * I) * es, "weights", err));
+            LOOM_CHECK(dalloc(m, &L->b_down, (size_t)H * es, "weights", err));
+        }
+        before += (size_t)(2 * H + QKV * H + H * QD + 3 * I * H) * es;
+    }
+    m->weight_bytes = before; /* what a decode step reads (lm_head once) */
+    m->mem.weights = before;
+    return LOOM_OK;
+}
+
+/* Run state, staging, scratch, then the KV pool from what is left. */
+static loom_status alloc_runtime(loom_gpu_model *m, loom_err *err)
+{
+    const loom_config *c = &m->cfg;
+    const loom_gpu_opts *o = &m->o;
+    const int64_t H = c->hidden_size, I = c->intermediate_size, V = c->vocab_size, hd = c->head_dim;
+    const int64_t QD = c->n_heads * hd, KD = c->n_kv_heads * hd, T = o->max_tokens, S = o->max_seqs;
+    const size_t es = m->es;
+    size_t ws = GEMM_WORKSPACE;
+    struct { void **p; size_t bytes; } acts[] = {
+        {&m->x, (size_t)(T * H) * es},       {&m->xn, (size_t)(T * H) * es},          {&m->qkv, (size_t)(T * (QD + 2 * KD)) * es},
+        {&m->att, (size_t)(T * QD) * es},    {&m->o_out, (size_t)(T * H) * es},       {&m->gu, (size_t)(T * 2 * I) * es},
+        {&m->h, (size_t)(T * I) * es},       {&m->mlp, (size_t)(T * H) * es},         {&m->last, (size_t)(S * H) * es},
+        {&m->logits_act, (size_t)(S * V) * es}, {(void **)&m->logits, (size_t)(S * V) * 4},
+    };
+    for (size_t i = 0; i < sizeof acts / sizeof acts[0]; i++) {
+        LOOM_CHECK(dalloc(m, acts[i].p, acts[i].bytes, "activations", err));
+        ws += acts[i].bytes;
+    }
+    m->max_blocks_per_seq = (o->max_seq_len + o->tokens_per_block - 1) / o->tokens_per_block;
+    m->attn_scratch_bytes = loom_cuda_attention_scratch_bytes(S, c->n_heads, hd, o->max_seq_len);
+    m->samp_scratch_bytes = loom_cuda_sampling_scratch_bytes(S, V);
+    LOOM_CHECK(dalloc(m, &m->attn_scratch, m->attn_scratch_bytes, "activations (attention scratch)", err));
+    LOOM_CHECK(dalloc(m, &m->samp_scratch, m->samp_scratch_bytes, "activations (sampling scratch)", err));
+    ws += m->attn_scratch_bytes + m->samp_scratch_bytes;
+    LOOM_CHECK(dalloc(m, (void **)&m->inv_freq, (size_t)(hd / 2) * sizeof(float), "rope", err));
+    float *inv = malloc((size_t)(hd / 2) * sizeof *inv);
+    if (!inv) return loom_err_set(err, LOOM_ENOMEM, "out of memory");
+    loom_config_rope_inv_freq(c, inv);
+    cudaMemcpy(m->inv_freq, inv, (size_t)(hd / 2) * sizeof *inv, cudaMemcpyHostToDevice);
+    free(inv);
+    /* staging: int32 tokens, pos, slots (T each); qstart (S+1), ctx, last, topk (S); block tables (S * maxb);
+     * floats temp, topp, rep (S); u64 seed, step (S); i64 hoff (S+1) */
+    size_t n32 = (size_t)(3 * T + (S + 1) + 3 * S + S * m->max_blocks_per_seq);
+    m->stage_bytes = n32 * 4 + (size_t)(3 * S) * 4 + (size_t)(2 * S) * 8 + (size_t)(S + 1) * 8 + 64;
+    if (cudaMallocHost(&m->stage_host, m->stage_bytes) != cudaSuccess) return loom_err_set(err, LOOM_ENOMEM, "cannot pin %zu bytes", m->stage_bytes);
+    LOOM_CHECK(dalloc(m, &m->stage_dev, m->stage_bytes, "activations (staging)", err));
+    LOOM_CHECK(dalloc(m, (void **)&m->d_out, (size_t)S * 4, "activations", err));
+    if (cudaMallocHost((void **)&m->h_out, (size_t)S * 4) != cudaSuccess) return loom_err_set(err, LOOM_ENOMEM, "cannot pin memory");
+    m->mem.workspace = ws;
+    /* The KV pool: a fraction of what is free now, or a fixed number of tokens. */
+    size_t fr = 0, tot = 0;
+    CUDA_TRY(cudaMemGetInfo(&fr, &tot), "memory info");
+    const int64_t B = o->tokens_per_block;
+    size_t block_bytes = (size_t)(2 * c->n_kv_heads * B * hd) * es * (size_t)c->n_layers;
+    int64_t blocks = (int64_t)((double)fr * o->kv_free_fraction / (double)block_bytes);
+    if (o->max_kv_tokens > 0 && blocks > (o->max_kv_tokens + B - 1) / B) blocks = (o->max_kv_tokens + B - 1) / B;
+    if (blocks < m->max_blocks_per_seq)
+        return loom_err_set(err, LOOM_ENOMEM, "only %lld KV blocks of %lld tokens fit in GPU memory, fewer than one sequence of --max-seq-len %lld needs; "
+                            "lower --max-seq-len or use more GPUs", (long long)blocks, (long long)B, (long long)o->max_seq_len);
+    m->n_blocks = blocks;
+    void *pool;
+    LOOM_CHECK(dalloc(m, &pool, block_bytes * (size_t)blocks, "KV pool", err));
+    size_t per_layer = (size_t)(2 * c->n_kv_heads * B * hd) * es * (size_t)blocks;
+    for (int64_t l = 0; l < c->n_layers; l++) m->layers[l].pool = (char *)pool + per_layer * (size_t)l;
+    m->free_blocks = malloc((size_t)blocks * sizeof *m->free_blocks);
+    m->seq_blocks = calloc((size_t)(S * m->max_blocks_per_seq), sizeof *m->seq_blocks);
+    m->seq_len = calloc((size_t)S, sizeof *m->seq_len);
+    if (!m->free_blocks || !m->seq_blocks || !m->seq_len) return loom_err_set(err, LOOM_ENOMEM, "out of memory");
+    for (int64_t b = 0; b < blocks; b++) m->free_blocks[b] = (int32_t)(blocks - 1 - b);
+    m->n_free = blocks;
+    m->mem.kv = block_bytes * (size_t)blocks;
+    m->mem.kv_blocks = blocks;
+    m->mem.kv_tokens = blocks * B;
+    CUDA_TRY(cudaMemGetInfo(&fr, &tot), "memory info");
+    m->mem.free_after = fr;
+    m->mem.total = tot;
+    return LOOM_OK;
+}
+
+static loom_status upload_weights(loom_gpu_model *m, const loom_model *hm, loom_err *err)
+{
+    const loom_config *c = &m->cfg;
+    const int64_t H = c->hidden_size, I = c->intermediate_size, V = c->vocab_size, hd = c->head_dim;
+    const int64_t QD = c->n_heads * hd, KD = c->n_kv_heads * hd;
+    size_t tmp_bytes = (size_t)(V * H) * 4;
+    if ((size_t)(2 * I * H) * 4 > tmp_bytes) tmp_bytes = (size_t)(2 * I * H) * 4;
+    void *tmp;
+    if (cudaMalloc(&tmp, tmp_bytes) != cudaSuccess) {
+        cudaGetLastError();
+        return loom_err_set(err, LOOM_ENOMEM, "out of GPU memory staging the weights (%.2f GiB)", (double)tmp_bytes / (1 << 30));
+    }
+    loom_status st = LOOM_OK;
+#define UP(dst, doff, w, n)                                                                  \
+    do {                                                                                     \
+        if ((w).data && st == LOOM_OK) st = upload(m, dst, doff, (w).data, (w).dtype, n, tmp, err); \
+    } while (0)
+    UP(m->embed, 0, hm->w.embed, V * H);
+    UP(m->final_norm, 0, hm->w.final_norm, H);
+    if (!c->tie_word_embeddings) UP(m->lm_head, 0, hm->w.lm_head, V * H);
+    for (int64_t l = 0; l < c->n_layers && st == LOOM_OK; l++) {
+        const loom_layer_weights *S = &hm->w.layers[l];
+        gpu_layer *L = &m->layers[l];
+        UP(L->attn_norm, 0, S->attn_norm, H);
+        UP(L->mlp_norm, 0, S->mlp_norm, H);
+        UP(L->w_qkv, 0, S->wq, QD * H);
+        UP(L->w_qkv, QD * H, S->wk, KD * H);
+        UP(L->w_qkv, (QD + KD) * H, S->wv, KD * H);
+        UP(L->w_o, 0, S->wo, H * QD);
+        UP(L->w_gu, 0, S->w_gate, I * H);
+        UP(L->w_gu, I * H, S->w_up, I * H);
+        UP(L->w_down, 0, S->w_down, H * I);
+        if (L->b_qkv) {
+            UP(L->b_qkv, 0, S->bq, QD);
+            UP(L->b_qkv, QD, S->bk, KD);
+            UP(L->b_qkv, QD + KD, S->bv, KD);
+        }
+        if (L->b_o) UP(L->b_o, 0, S->bo, H);
+        if (L->b_gu) {
+            UP(L->b_gu, 0, S->b_gate, I);
+            UP(L->b_gu, I, S->b_up, I);
+        }
+        if (L->b_down) UP(L->b_down, 0, S->b_down, H);
+    }
+#undef UP
+    cudaFree(tmp);
+    return st;
+}
+
+static loom_status dummy_weights(loom_gpu_model *m, uint64_t seed, loom_err *err)
+{
+    const loom_config *c = &m->cfg;
+    const int64_t H = c->hidden_size, I = c->intermediate_size, V = c->vocab_size, hd = c->head_dim;
+    const int64_t QKV = c->n_heads * hd + 2 * c->n_kv_heads * hd, QD = c->n_heads * hd;
+    float s_in = 1.0f / sqrtf((float)H), s_i = 1.0f / sqrtf((float)I);
+    void *st = m->stream;
+    CUDA_TRY(loom_gpu_fill_random(m->embed, m->o.act, V * H, 1.0f, 0.0f, seed, st), "random weights");
+    CUDA_TRY(loom_gpu_fill_random(m->final_norm, m->o.act, H, 0.1f, 1.0f, seed + 1, st), "random weights");
+    if (m->lm_head != m->embed) CUDA_TRY(loom_gpu_fill_random(m->lm_head, m->o.act, V * H, s_in, 0.0f, seed + 2, st), "random weights");
+    for (int64_t l = 0; l < c->n_layers; l++) {
+        gpu_layer *L = &m->layers[l];
+        uint64_t k = seed + 16 * (uint64_t)(l + 1);
+        CUDA_TRY(loom_gpu_fill_random(L->attn_norm, m->o.act, H, 0.1f, 1.0f, k, st), "random weights");
+        CUDA_TRY(loom_gpu_fill_random(L->mlp_norm, m->o.act, H, 0.1f, 1.0f, k + 1, st), "random weights");
+        CUDA_TRY(loom_gpu_fill_random(L->w_qkv, m->o.act, QKV * H, s_in, 0.0f, k + 2, st), "random weights");
+        CUDA_TRY(loom_gpu_fill_random(L->w_o, m->o.act, H * QD, s_in, 0.0f, k + 3, st), "random weights");
+        CUDA_TRY(loom_gpu_fill_random(L->w_gu, m->o.act, 2 * I * H, s_in, 0.0f, k + 4, st), "random weights");
+        CUDA_TRY(loom_gpu_fill_random(L->w_down, m->o.act, H * I, s_i, 0.0f, k + 5, st), "random weights");
+        if (L->b_qkv) CUDA_TRY(loom_gpu_fill_random(L->b_qkv, m->o.act, QKV, 0.1f, 0.0f, k + 6, st), "random weights");
+        if (L->b_o) CUDA_TRY(loom_gpu_fill_random(L->b_o, m->o.act, H, 0.1f, 0.0f, k + 7, st), "random weights");
+        if (L->b_gu) CUDA_TRY(loom_gpu_fill_random(L->b_gu, m->o.act, 2 * I, 0.1f, 0.0f, k + 8, st), "random weights");
+        if (L->b_down) CUDA_TRY(loom_gpu_fill_random(L->b_down, m->o.act, H, 0.1f, 0.0f, k + 9, st), "random weights");
+    }
+    CUDA_TRY(cudaStreamSynchronize(st), "random weights");
+    return LOOM_OK;
+}
+
+loom_gpu_model *loom_gpu_model_dummy(const loom_config *cfg, const loom_gpu_opts *o, uint64_t seed, loom_err *err)
+{
+    loom_gpu_model *m = calloc(1, sizeof *m);
+    if (!m) {
+        loom_err_set(err, LOOM_ENOMEM, "out of memory");
+        return NULL;
+    }
+    if (init_common(m, cfg, o, err) != LOOM_OK || alloc_weights(m, err) != LOOM_OK || dummy_weights(m, seed, err) != LOOM_OK ||
+        alloc_runtime(m, err) != LOOM_OK) {
+        loom_gpu_model_destroy(m);
+        return NULL;
+    }
+    return m;
+}
+
+loom_gpu_model *loom_gpu_model_load(const char *dir, const loom_gpu_opts *o, loom_err *err)
+{
+    loom_model *hm = loom_model_load(dir, loom_ops_cpu(), NULL, NULL, 1, 1, err);
+    if (!hm) return NULL;
+    loom_gpu_model *m = calloc(1, sizeof *m);
+    if (!m) {
+        loom_model_destroy(hm);
+        loom_err_set(err, LOOM_ENOMEM, "out of memory");
+        return NULL;
+    }
+    if (init_common(m, &hm->cfg, o, err) != LOOM_OK || alloc_weights(m, err) != LOOM_OK || upload_weights(m, hm, err) != LOOM_OK ||
+        alloc_runtime(m, err) != LOOM_OK) {
+        loom_gpu_model_destroy(m);
+        m = NULL;
+    }
+    loom_model_destroy(hm);
+    return m;
+}
+
+void loom_gpu_model_destroy(loom_gpu_model *m)
+{
+    if (!m) return;
+    if (m->stream) cudaStreamSynchronize(m->stream);
+    for (int i = 0; i < m->n_allocs; i++) cudaFree(m->allocs[i]);
+    free(m->allocs);
+    if (m->stage_host) cudaFreeHost(m->stage_host);
+    if (m->h_out) cudaFreeHost(m->h_out);
+    loom_cuda_gemm_destroy(m->gemm);
+    if (m->stream) cudaStreamDestroy(m->stream);
+    free(m->layers);
+    free(m->free_blocks);
+    free(m->seq_blocks);
+    free(m->seq_len);
+    loom_config_free(&m->cfg);
+    free(m);
+}
+
+loom_gpu_mem loom_gpu_model_mem(const loom_gpu_model *m) { return m->mem; }
+size_t loom_gpu_weight_bytes(const loom_gpu_model *m) { return m->weight_bytes; }
+const loom_config *loom_gpu_config(const loom_gpu_model *m) { return &m->cfg; }
+int64_t loom_gpu_seq_len(const loom_gpu_model *m, int64_t slot) { return m->seq_len[slot]; }
+
+void loom_gpu_seq_reset(loom_gpu_model *m, int64_t slot)
+{
+    int64_t nb = (m->seq_len[slot] + m->o.tokens_per_block - 1) / m->o.tokens_per_block;
+    for (int64_t b = 0; b < nb; b++) m->free_blocks[m->n_free++] = m->seq_blocks[slot * m->max_blocks_per_seq + b];
+    m->seq_len[slot] = 0;
+}
+
+/* Lays the step's host arrays out in the pinned buffer and points the device
+ * pointers at the same offsets of the device mirror. */
+static void carve(loom_gpu_model *m, int64_t T, int64_t S, int64_t maxb, size_t *used)
+{
+    char *h = m->stage_host, *d = m->stage_dev;
+    size_t o = 0;
+#define SLOT(ptr, type, n)                                                     \
+    do {                                                                       \
+        o = (o + 7) & ~(size_t)7;                                              \
+        ptr = (type *)(d + o);                                                 \
+        o += (size_t)(n) * sizeof(type);                                       \
+    } while (0)
+    SLOT(m->d_tokens, int32_t, T);
+    SLOT(m->d_pos, int32_t, T);
+    SLOT(m->d_slots, int32_t, T);
+    SLOT(m->d_qstart, int32_t, S + 1);
+    SLOT(m->d_ctx, int32_t, S);
+    SLOT(m->d_last, int32_t, S);
+    SLOT(m->d_topk, int32_t, S);
+    SLOT(m->d_bt, int32_t, S * maxb);
+    SLOT(m->d_temp, float, S);
+    SLOT(m->d_topp, float, S);
+    SLOT(m->d_rep, float, S);
+    SLOT(m->d_seed, uint64_t, S);
+    SLOT(m->d_step, uint64_t, S);
+    SLOT(m->d_hoff, int64_t, S + 1);
+#undef SLOT
+    (void)h;
+    *used = o;
+}
+
+#define HOST(devptr) ((void *)((char *)m->stage_host + ((char *)(devptr) - (char *)m->stage_dev)))
+
+loom_status loom_gpu_forward(loom_gpu_model *m, int64_t S, const int64_t *slots, const int64_t *start, const int32_t *tokens,
+                             float temperature, int32_t *out_ids, loom_err *err)
+{
+    const loom_config *c = &m->cfg;
+    const loom_gpu_opts *o = &m->o;
+    const int64_t T = start[S], B = o->tokens_per_block, maxb = m->max_blocks_per_seq;
+    const int64_t H = c->hidden_size, I = c->intermediate_size, V = c->vocab_size, hd = c->head_dim;
+    const int64_t QD = c->n_heads * hd, KD = c->n_kv_heads * hd, QKV = QD + 2 * KD;
+    const size_t es = m->es;
+    if (S < 1 || S > o->max_seqs || T < 1 || T > o->max_tokens)
+        return loom_err_set(err, LOOM_EINVAL, "batch of %lld tokens in %lld sequences exceeds the limits (%lld, %lld)", (long long)T, (long long)S,
+                            (long long)o->max_tokens, (long long)o->max_seqs);
+    size_t used;
+    carve(m, T, S, maxb, &used);
+    int32_t *h_tok = HOST(m->d_tokens), *h_pos = HOST(m->d_pos), *h_slot = HOST(m->d_slots), *h_qs = HOST(m->d_qstart),
+            *h_ctx = HOST(m->d_ctx), *h_last = HOST(m->d_last), *h_topk = HOST(m->d_topk), *h_bt = HOST(m->d_bt);
+    float *h_temp = HOST(m->d_temp), *h_topp = HOST(m->d_topp), *h_rep = HOST(m->d_rep);
+    uint64_t *h_seed = HOST(m->d_seed), *h_step = HOST(m->d_step);
+    int64_t *h_hoff = HOST(m->d_hoff);
+    int64_t max_ctx = 0;
+    memcpy(h_tok, tokens, (size_t)T * sizeof *tokens);
+    for (int64_t i = 0; i < S; i++) {
+        int64_t s = slots[i], n = start[i + 1] - start[i], len0 = m->seq_len[s];
+        if (s < 0 || s >= o->max_seqs || n < 1 || len0 + n > o->max_seq_len)
+            return loom_err_set(err, LOOM_EINVAL, "sequence slot %lld: %lld + %lld tokens exceed --max-seq-len %lld", (long long)s, (long long)len0,
+                                (long long)n, (long long)o->max_seq_len);
+        int32_t *blocks = m->seq_blocks + s * maxb;
+        int64_t need = (len0 + n + B - 1) / B, have = (len0 + B - 1) / B;
+        if (need - have > m->n_free)
+            return loom_err_set(err, LOOM_ENOMEM, "the KV pool is full (%lld blocks of %lld tokens)", (long long)m->n_blocks, (long long)B);
+        for (int64_t b = have; b < need; b++) blocks[b] = m->free_blocks[--m->n_free];
+        for (int64_t k = 0; k < n; k++) {
+            int64_t p = len0 + k;
+            h_pos[start[i] + k] = (int32_t)p;
+            h_slot[start[i] + k] = blocks[p / B] * (int32_t)B + (int32_t)(p % B);
+        }
+        h_qs[i] = (int32_t)start[i];
+        h_ctx[i] = (int32_t)(len0 + n);
+        h_last[i] = (int32_t)(start[i + 1] - 1);
+        memcpy(h_bt + i * maxb, blocks, (size_t)need * sizeof *blocks);
+        h_temp[i] = temperature;
+        h_topk[i] = 0;
+        h_topp[i] = 1.0f;
+        h_rep[i] = 1.0f;
+        h_seed[i] = (uint64_t)s;
+        h_step[i] = m->step;
+        h_hoff[i] = 0;
+        if (len0 + n > max_ctx) max_ctx = len0 + n;
+        m->seq_len[s] = len0 + n;
+    }
+    h_qs[S] = (int32_t)T;
+    h_hoff[S] = 0;
+    m->step++;
+    cudaStream_t st = m->stream;
+    CUDA_TRY(cudaMemcpyAsync(m->stage_dev, m->stage_host, used, cudaMemcpyHostToDevice, st), "step upload");
+    CUDA_TRY(loom_cuda_embedding(m->x, o->act, m->embed, o->act, m->d_tokens, T, H, st), "embedding");
+    const float scale = 1.0f / sqrtf((float)hd);
+    for (int64_t l = 0; l < c->n_layers; l++) {
+        gpu_layer *L = &m->layers[l];
+        CUDA_TRY(loom_cuda_add_rmsnorm(m->x, l ? m->mlp : NULL, m->xn, o->act, L->attn_norm, o->act, T, H, c->rms_norm_eps, st), "rmsnorm");
+        CUDA_TRY(loom_cuda_gemm_run(m->gemm, m->qkv, m->xn, L->w_qkv, L->b_qkv, o->act, T, H, QKV, st), "qkv gemm");
+        CUDA_TRY(loom_cuda_rope(m->qkv, QKV, off(m->qkv, QD, es), QKV, o->act, m->d_pos, T, c->n_heads, c->n_kv_heads, hd, m->inv_freq, st), "rope");
+        CUDA_TRY(loom_cuda_kv_append(L->pool, off(m->qkv, QD, es), QKV, off(m->qkv, QD + KD, es), QKV, o->act, m->d_slots, T, c->n_kv_heads, hd, B, st),
+                 "kv append");
+        if (hd == 64 || hd == 128)
+            CUDA_TRY(loom_cuda_attention(m->att, m->qkv, QKV, L->pool, o->act, m->d_qstart, m->d_ctx, m->d_bt, maxb, S, T, max_ctx, c->n_heads,
+                                         c->n_kv_heads, hd, B, c->layer_window[l], scale, o->multi_block, m->attn_scratch, st),
+                     "attention");
+        else
+            CUDA_TRY(loom_cuda_attention_generic(m->att, m->qkv, QKV, L->pool, o->act, m->d_qstart, m->d_ctx, m->d_bt, maxb, S, T, c->n_heads,
+                                                 c->n_kv_heads, hd, B, c->layer_window[l], scale, st),
+                     "attention");
+        CUDA_TRY(loom_cuda_gemm_run(m->gemm, m->o_out, m->att, L->w_o, L->b_o, o->act, T, QD, H, st), "o gemm");
+        CUDA_TRY(loom_cuda_add_rmsnorm(m->x, m->o_out, m->xn, o->act, L->mlp_norm, o->act, T, H, c->rms_norm_eps, st), "rmsnorm");
+        CUDA_TRY(loom_cuda_gemm_run(m->gemm, m->gu, m->xn, L->w_gu, L->b_gu, o->act, T, H, 2 * I, st), "gate/up gemm");
+        CUDA_TRY(loom_cuda_silu_mul(m->h, m->gu, o->act, T, I, st), "silu*mul");
+        CUDA_TRY(loom_cuda_gemm_run(m->gemm, m->mlp, m->h, L->w_down, L->b_down, o->act, T, I, H, st), "down gemm");
+    }
+    CUDA_TRY(loom_cuda_add_rmsnorm(m->x, m->mlp, m->xn, o->act, m->final_norm, o->act, T, H, c->rms_norm_eps, st), "final norm");
+    CUDA_TRY(loom_gpu_gather_rows(m->last, m->xn, o->act, m->d_last, S, H, st), "gather");
+    CUDA_TRY(loom_cuda_gemm_run(m->gemm, m->logits_act, m->last, m->lm_head, NULL, o->act, S, H, V, st), "lm_head gemm");
+    CUDA_TRY(loom_gpu_cast(m->logits, LOOM_F32, m->logits_act, o->act, S * V, st), "logits cast");
+    CUDA_TRY(loom_cuda_sample(m->d_out, m->logits, S, V, m->d_temp, m->d_topk, m->d_topp, m->d_rep, m->d_tokens, m->d_hoff, m->d_seed,
+                              m->d_step, m->samp_scratch, st),
+             "sampling");
+    CUDA_TRY(cudaMemcpyAsync(m->h_out, m->d_out, (size_t)S * sizeof(int32_t), cudaMemcpyDeviceToHost, st), "ids download");
+    CUDA_TRY(cudaStreamSynchronize(st), "step");
+    memcpy(out_ids, m->h_out, (size_t)S * sizeof *out_ids);
+    return LOOM_OK;
+}
+
+loom_status loom_gpu_logits(loom_gpu_model *m, int64_t n_seqs, float *out, loom_err *err)
+{
+    CUDA_TRY(cudaMemcpy(out, m->logits, (size_t)(n_seqs * m->cfg.vocab_size) * sizeof(float), cudaMemcpyDeviceToHost), "logits download");
+    return LOOM_OK;
+}

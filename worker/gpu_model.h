@@ -1,0 +1,71 @@
+/* The model on one GPU: weights uploaded in the activation dtype (fp16/bf16)
+ * with q/k/v and gate/up fused into single GEMMs, a paged KV pool sized from
+ * the free memory, and a batched forward pass over the CUDA ops (cuBLASLt
+ * GEMMs, flash prefill / paged decode attention) with sampling on the GPU.
+ * Nothing is allocated per step. */
+#ifndef LOOM_WORKER_GPU_MODEL_H
+#define LOOM_WORKER_GPU_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../util/dtype.h"
+#include "../util/status.h"
+#include "config.h"
+
+typedef struct loom_gpu_opts {
+    loom_dtype act;              /* LOOM_F16 or LOOM_BF16 */
+    int64_t max_tokens;          /* tokens per forward (prefill chunk budget) */
+    int64_t max_seqs;            /* sequences per forward */
+    int64_t max_seq_len;         /* positions per sequence */
+    int64_t tokens_per_block;    /* paged KV block size */
+    double kv_free_fraction;     /* of the memory free after weights + workspace (0.9) */
+    int64_t max_kv_tokens;       /* > 0: cap the pool at this many tokens */
+    int multi_block;             /* -1 auto, 0 off, 1 on */
+    int device;                  /* CUDA device ordinal */
+} loom_gpu_opts;
+
+loom_gpu_opts loom_gpu_opts_default(void);
+
+typedef struct loom_gpu_model loom_gpu_model;
+
+/* Loads a Hugging Face directory (whole model, one GPU). On error (no GPU,
+ * out of memory: the message names what to reduce) returns NULL. */
+loom_gpu_model *loom_gpu_model_load(const char *dir, const loom_gpu_opts *o, loom_err *err);
+
+/* Random weights of the config's shapes (for `loom bench --dummy-weights`). */
+loom_gpu_model *loom_gpu_model_dummy(const loom_config *cfg, const loom_gpu_opts *o, uint64_t seed, loom_err *err);
+
+/* Frees device memory; accepts NULL. */
+void loom_gpu_model_destroy(loom_gpu_model *m);
+
+/* Memory as loaded (bytes) and the pool's capacity in tokens. */
+typedef struct loom_gpu_mem {
+    size_t weights, kv, workspace, total, free_after;
+    int64_t kv_tokens, kv_blocks;
+} loom_gpu_mem;
+loom_gpu_mem loom_gpu_model_mem(const loom_gpu_model *m);
+
+/* Sequences are slots 0..max_seqs-1. Resets slot s (frees its blocks). */
+void loom_gpu_seq_reset(loom_gpu_model *m, int64_t slot);
+
+/* Tokens held in slot s's cache. */
+int64_t loom_gpu_seq_len(const loom_gpu_model *m, int64_t slot);
+
+/* One forward over a batch: sequence i is slot slots[i] and feeds tokens
+ * tokens[start[i] .. start[i+1]) (host arrays) after what its cache holds;
+ * blocks are taken from the pool as needed. Then samples one token per
+ * sequence (greedy when temperature is 0) into out_ids (host, n_seqs).
+ * Synchronizes the stream before returning. Errors: out of KV blocks, limits. */
+loom_status loom_gpu_forward(loom_gpu_model *m, int64_t n_seqs, const int64_t *slots, const int64_t *start,
+                             const int32_t *tokens, float temperature, int32_t *out_ids, loom_err *err);
+
+/* Copies the last forward's fp32 logits (n_seqs, vocab) to host memory. */
+loom_status loom_gpu_logits(loom_gpu_model *m, int64_t n_seqs, float *out, loom_err *err);
+
+/* Bytes of weights a decode step reads (for the bandwidth floor). */
+size_t loom_gpu_weight_bytes(const loom_gpu_model *m);
+
+const loom_config *loom_gpu_config(const loom_gpu_model *m);
+
+#endif
