@@ -4,6 +4,7 @@
  * fails to load, every rank exits non-zero with the failing rank's message. */
 #include <getopt.h>
 #include <mpi.h>
+#include <omp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -140,6 +141,23 @@ static void default_control_host(char *out, size_t cap)
     out[cap - 1] = '\0';
 }
 
+/* CPU threads per rank: unless OMP_NUM_THREADS says otherwise, the node's
+ * cores shared by the ranks on it (OpenMP threads that outnumber the cores
+ * spin at every barrier and run many times slower). Collective. */
+static void set_threads(void)
+{
+    MPI_Comm node;
+    int on_node = 1;
+    MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
+    MPI_Comm_size(node, &on_node);
+    MPI_Comm_free(&node);
+    if (getenv("OMP_NUM_THREADS")) return;
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    int workers_here = on_node > 1 ? on_node - 1 : 1; /* the coordinator mostly waits */
+    int n = (int)(cores / workers_here);
+    omp_set_num_threads(n < 1 ? 1 : n);
+}
+
 /* All ranks agree whether start-up worked. */
 static int all_ok(int ok)
 {
@@ -249,6 +267,7 @@ int loom_cmd_serve(int argc, char **argv)
     }
     int64_t max_seq = o.max_seq ? o.max_seq : cfg.max_position_embeddings;
     loom_config_free(&cfg);
+    set_threads();
     char host[256]; /* collective: every rank takes part */
     default_control_host(host, sizeof host);
     if (o.control_host) snprintf(host, sizeof host, "%s", o.control_host);

@@ -82,7 +82,9 @@ void loom_cuda_gemm_destroy(loom_cuda_gemm *g);
 /* y (n, out_dim) = x (n, in_dim) @ W^T (+ bias (out_dim)), x, W, bias and y all
  * in act (fp16 or bf16), fp32 accumulation. W is (out_dim, in_dim) row-major
  * as in Hugging Face checkpoints. The algorithm is picked by cuBLASLt's
- * heuristic once per (n, in_dim, out_dim, act, bias?) and cached. */
+ * heuristic once per (n, in_dim, out_dim, act, bias?, alignment) and cached.
+ * Returns 0, a cudaError_t (> 0), or -(cublasStatus_t) (< 0). One handle per
+ * stream: not for concurrent use. */
 int loom_cuda_gemm_run(loom_cuda_gemm *g, void *y, const void *x, const void *w, const void *bias,
                        loom_dtype act, int64_t n, int64_t in_dim, int64_t out_dim, void *stream);
 
@@ -109,7 +111,9 @@ int loom_cuda_kv_append(void *pool, const void *k, int64_t k_stride, const void 
  * (sequence, head) with a reduction of partial results (multi-block /
  * flash-decoding) when multi_block is 1, or when it is -1 (auto) and
  * n_seqs * n_heads < SMs / 2 and the context is longer than 1024 tokens.
- * scratch: loom_cuda_attention_scratch_bytes(...) bytes for the partials. */
+ * scratch: loom_cuda_attention_scratch_bytes(...) bytes for the partials.
+ * tokens_per_block must be a power of two; out and pool 16-byte aligned;
+ * max_ctx >= every ctx_len (it sizes the multi-block split). */
 int loom_cuda_attention(void *out, const void *q, int64_t q_stride, const void *pool, loom_dtype act,
                         const int32_t *q_start, const int32_t *ctx_len, const int32_t *block_tables,
                         int64_t max_blocks, int64_t n_seqs, int64_t n_tokens, int64_t max_ctx,

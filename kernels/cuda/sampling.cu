@@ -334,13 +334,21 @@ __device__ bool select_row(Shared &sh, const float *x, int64_t V, float mx, u64 
 {
     hist_clear(sh);
     __syncthreads();
+    unsigned zero = 0; /* count mode: elements in bucket 0, counted privately (it can hold most of a row) */
     for (int64_t i = threadIdx.x; i < V; i += kThreads) {
         const float l = x[i];
         if (lo && ckey(l, i) < lo) continue;
         const u64 w = mass ? weight_of(l, mx) : 1;
         if (!w) continue;
-        hist_add(sh, bucket_of(l, mx), w, mass);
+        const int b = bucket_of(l, mx);
+        if (!mass && b == 0) {
+            zero++;
+            continue;
+        }
+        hist_add(sh, b, w, mass);
     }
+    zero = __reduce_add_sync(0xffffffffu, zero);
+    if (zero && threadIdx.x % 32 == 0) atomicAdd(&sh.cnt[0], zero);
     __syncthreads();
     const Pick pk = pick_bin(sh, mass, 0, tg, true, 0);
     if (total) *total = pk.total;
@@ -407,7 +415,7 @@ sample_kernel(int32_t *out_ids, float *logits, int64_t V, const float *temperatu
         }
     }
 
-    bool ok = !(T > 0.0f) || k == 1 ? false : true; /* false: greedy */
+    bool ok = T > 0.0f && k != 1; /* false: greedy */
     u64 key = 0, incl = 0, total = 0;
     if (ok) {
         /* Temperature (a true division, as the CPU does) and the row maximum. */

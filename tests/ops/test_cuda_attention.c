@@ -487,8 +487,6 @@ int main(void)
                          mb ? "on" : "off");
                 time_attention(w, LOOM_F16, 32, KVH, 128, 1, ctxs[ci], mb);
             }
-    const char *pv = getenv("LOOM_ATT_PREFILL");
-    printf("prefill tile variant: %s\n", pv && *pv ? pv : "default");
     time_attention("prefill 2048 tok h32/kv32 d128 fp16", LOOM_F16, 32, 32, 128, 2048, 2048, -1);
     time_attention("prefill 2048 tok h32/kv32 d128 bf16", LOOM_BF16, 32, 32, 128, 2048, 2048, -1);
     time_attention("prefill 2048 tok h32/kv8 d128 fp16", LOOM_F16, 32, 8, 128, 2048, 2048, -1);

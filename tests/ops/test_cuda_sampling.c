@@ -294,13 +294,15 @@ static void check_penalty(int64_t V, int64_t R)
 static void check_allowed(int64_t V, int64_t R, int steps)
 {
     batch *b = batch_new(R, V, R * 64);
-    const float temps[] = {0.6f, 1.0f, 1.7f};
-    const int32_t ks[] = {0, 2, 50, 3000, 6000, 0};
+    /* T = 0.1 puts most of a row more than 32 nats below the maximum (zero
+     * mass); rows 11 and 23 pair it with top-k 20000, whose k-th logit lies there. */
+    const float temps[] = {0.6f, 1.0f, 1.7f, 0.1f};
+    const int32_t ks[] = {0, 2, 50, 3000, 6000, 20000};
     const float ps[] = {1.0f, 0.95f, 0.5f, 0.1f};
     int64_t h = 0;
     for (int64_t r = 0; r < R; r++) {
         fill_logits(b->logits + r * V, V, 3.0f, r % 2, 0);
-        b->temp[r] = temps[r % 3];
+        b->temp[r] = temps[r % 4];
         b->top_k[r] = ks[r % 6];
         b->top_p[r] = ps[(r / 2) % 4];
         b->pen[r] = r % 7 == 3 ? 1.2f : 1.0f;
