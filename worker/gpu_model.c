@@ -60,6 +60,10 @@ struct loom_gpu_model {
     uint64_t step;
     loom_gpu_mem mem;
     size_t weight_bytes;
+    /* CUDA graphs of decode steps, one per batch size (max_ctx fixed at max_seq_len) */
+    struct { int64_t n_seqs; cudaGraphExec_t exec; } graphs[32];
+    int n_graphs;
+    int use_graphs;
     void **allocs;
     int n_allocs, cap_allocs;
 };
@@ -124,6 +128,8 @@ static loom_status upload(loom_gpu_model *m, void *dst, int64_t dst_off, const v
 static loom_status init_common(loom_gpu_model *m, const loom_config *cfg, const loom_gpu_opts *o, loom_err *err)
 {
     m->o = *o;
+    const char *g = getenv("LOOM_CUDA_GRAPHS");
+    m->use_graphs = !(g && !strcmp(g, "0"));
     if (o->act != LOOM_F16 && o->act != LOOM_BF16) return loom_err_set(err, LOOM_EINVAL, "the GPU backend computes in fp16 or bf16");
     m->es = 2;
     int n_dev = 0;
@@ -368,6 +374,7 @@ void loom_gpu_model_destroy(loom_gpu_model *m)
 {
     if (!m) return;
     if (m->stream) cudaStreamSynchronize(m->stream);
+    for (int i = 0; i < m->n_graphs; i++) cudaGraphExecDestroy(m->graphs[i].exec);
     for (int i = 0; i < m->n_allocs; i++) cudaFree(m->allocs[i]);
     free(m->allocs);
     if (m->stage_host) cudaFreeHost(m->stage_host);
@@ -427,15 +434,57 @@ static void carve(loom_gpu_model *m, int64_t T, int64_t S, int64_t maxb, size_t 
 
 #define HOST(devptr) ((void *)((char *)m->stage_host + ((char *)(devptr) - (char *)m->stage_dev)))
 
-loom_status loom_gpu_forward(loom_gpu_model *m, int64_t S, const int64_t *slots, const int64_t *start, const int32_t *tokens,
-                             float temperature, int32_t *out_ids, loom_err *err)
+/* Enqueues one step on the stream: the staging upload, the layers, lm_head,
+ * sampling and the ids download. The same sequence is captured as a graph. */
+static loom_status launch_step(loom_gpu_model *m, int64_t S, int64_t T, int64_t max_ctx, size_t used, loom_err *err)
 {
     const loom_config *c = &m->cfg;
     const loom_gpu_opts *o = &m->o;
-    const int64_t T = start[S], B = o->tokens_per_block, maxb = m->max_blocks_per_seq;
+    const int64_t B = o->tokens_per_block, maxb = m->max_blocks_per_seq;
     const int64_t H = c->hidden_size, I = c->intermediate_size, V = c->vocab_size, hd = c->head_dim;
     const int64_t QD = c->n_heads * hd, KD = c->n_kv_heads * hd, QKV = QD + 2 * KD;
     const size_t es = m->es;
+    cudaStream_t st = m->stream;
+    CUDA_TRY(cudaMemcpyAsync(m->stage_dev, m->stage_host, used, cudaMemcpyHostToDevice, st), "step upload");
+    CUDA_TRY(loom_cuda_embedding(m->x, o->act, m->embed, o->act, m->d_tokens, T, H, st), "embedding");
+    const float scale = 1.0f / sqrtf((float)hd);
+    for (int64_t l = 0; l < c->n_layers; l++) {
+        gpu_layer *L = &m->layers[l];
+        CUDA_TRY(loom_cuda_add_rmsnorm(m->x, l ? m->mlp : NULL, m->xn, o->act, L->attn_norm, o->act, T, H, c->rms_norm_eps, st), "rmsnorm");
+        CUDA_TRY(loom_cuda_gemm_run(m->gemm, m->qkv, m->xn, L->w_qkv, L->b_qkv, o->act, T, H, QKV, st), "qkv gemm");
+        CUDA_TRY(loom_cuda_rope(m->qkv, QKV, off(m->qkv, QD, es), QKV, o->act, m->d_pos, T, c->n_heads, c->n_kv_heads, hd, m->inv_freq, st), "rope");
+        CUDA_TRY(loom_cuda_kv_append(L->pool, off(m->qkv, QD, es), QKV, off(m->qkv, QD + KD, es), QKV, o->act, m->d_slots, T, c->n_kv_heads, hd, B, st),
+                 "kv append");
+        if (hd == 64 || hd == 128)
+            CUDA_TRY(loom_cuda_attention(m->att, m->qkv, QKV, L->pool, o->act, m->d_qstart, m->d_ctx, m->d_bt, maxb, S, T, max_ctx, c->n_heads,
+                                         c->n_kv_heads, hd, B, c->layer_window[l], scale, o->multi_block, m->attn_scratch, st),
+                     "attention");
+        else
+            CUDA_TRY(loom_cuda_attention_generic(m->att, m->qkv, QKV, L->pool, o->act, m->d_qstart, m->d_ctx, m->d_bt, maxb, S, T, c->n_heads,
+                                                 c->n_kv_heads, hd, B, c->layer_window[l], scale, st),
+                     "attention");
+        CUDA_TRY(loom_cuda_gemm_run(m->gemm, m->o_out, m->att, L->w_o, L->b_o, o->act, T, QD, H, st), "o gemm");
+        CUDA_TRY(loom_cuda_add_rmsnorm(m->x, m->o_out, m->xn, o->act, L->mlp_norm, o->act, T, H, c->rms_norm_eps, st), "rmsnorm");
+        CUDA_TRY(loom_cuda_gemm_run(m->gemm, m->gu, m->xn, L->w_gu, L->b_gu, o->act, T, H, 2 * I, st), "gate/up gemm");
+        CUDA_TRY(loom_cuda_silu_mul(m->h, m->gu, o->act, T, I, st), "silu*mul");
+        CUDA_TRY(loom_cuda_gemm_run(m->gemm, m->mlp, m->h, L->w_down, L->b_down, o->act, T, I, H, st), "down gemm");
+    }
+    CUDA_TRY(loom_cuda_add_rmsnorm(m->x, m->mlp, m->xn, o->act, m->final_norm, o->act, T, H, c->rms_norm_eps, st), "final norm");
+    CUDA_TRY(loom_gpu_gather_rows(m->last, m->xn, o->act, m->d_last, S, H, st), "gather");
+    CUDA_TRY(loom_cuda_gemm_run(m->gemm, m->logits_act, m->last, m->lm_head, NULL, o->act, S, H, V, st), "lm_head gemm");
+    CUDA_TRY(loom_gpu_cast(m->logits, LOOM_F32, m->logits_act, o->act, S * V, st), "logits cast");
+    CUDA_TRY(loom_cuda_sample(m->d_out, m->logits, S, V, m->d_temp, m->d_topk, m->d_topp, m->d_rep, m->d_tokens, m->d_hoff, m->d_seed,
+                              m->d_step, m->samp_scratch, st),
+             "sampling");
+    CUDA_TRY(cudaMemcpyAsync(m->h_out, m->d_out, (size_t)S * sizeof(int32_t), cudaMemcpyDeviceToHost, st), "ids download");
+    return LOOM_OK;
+}
+
+loom_status loom_gpu_forward(loom_gpu_model *m, int64_t S, const int64_t *slots, const int64_t *start, const int32_t *tokens,
+                             float temperature, int32_t *out_ids, loom_err *err)
+{
+    const loom_gpu_opts *o = &m->o;
+    const int64_t T = start[S], B = o->tokens_per_block, maxb = m->max_blocks_per_seq;
     if (S < 1 || S > o->max_seqs || T < 1 || T > o->max_tokens)
         return loom_err_set(err, LOOM_EINVAL, "batch of %lld tokens in %lld sequences exceeds the limits (%lld, %lld)", (long long)T, (long long)S,
                             (long long)o->max_tokens, (long long)o->max_seqs);
@@ -481,38 +530,28 @@ loom_status loom_gpu_forward(loom_gpu_model *m, int64_t S, const int64_t *slots,
     h_hoff[S] = 0;
     m->step++;
     cudaStream_t st = m->stream;
-    CUDA_TRY(cudaMemcpyAsync(m->stage_dev, m->stage_host, used, cudaMemcpyHostToDevice, st), "step upload");
-    CUDA_TRY(loom_cuda_embedding(m->x, o->act, m->embed, o->act, m->d_tokens, T, H, st), "embedding");
-    const float scale = 1.0f / sqrtf((float)hd);
-    for (int64_t l = 0; l < c->n_layers; l++) {
-        gpu_layer *L = &m->layers[l];
-        CUDA_TRY(loom_cuda_add_rmsnorm(m->x, l ? m->mlp : NULL, m->xn, o->act, L->attn_norm, o->act, T, H, c->rms_norm_eps, st), "rmsnorm");
-        CUDA_TRY(loom_cuda_gemm_run(m->gemm, m->qkv, m->xn, L->w_qkv, L->b_qkv, o->act, T, H, QKV, st), "qkv gemm");
-        CUDA_TRY(loom_cuda_rope(m->qkv, QKV, off(m->qkv, QD, es), QKV, o->act, m->d_pos, T, c->n_heads, c->n_kv_heads, hd, m->inv_freq, st), "rope");
-        CUDA_TRY(loom_cuda_kv_append(L->pool, off(m->qkv, QD, es), QKV, off(m->qkv, QD + KD, es), QKV, o->act, m->d_slots, T, c->n_kv_heads, hd, B, st),
-                 "kv append");
-        if (hd == 64 || hd == 128)
-            CUDA_TRY(loom_cuda_attention(m->att, m->qkv, QKV, L->pool, o->act, m->d_qstart, m->d_ctx, m->d_bt, maxb, S, T, max_ctx, c->n_heads,
-                                         c->n_kv_heads, hd, B, c->layer_window[l], scale, o->multi_block, m->attn_scratch, st),
-                     "attention");
-        else
-            CUDA_TRY(loom_cuda_attention_generic(m->att, m->qkv, QKV, L->pool, o->act, m->d_qstart, m->d_ctx, m->d_bt, maxb, S, T, c->n_heads,
-                                                 c->n_kv_heads, hd, B, c->layer_window[l], scale, st),
-                     "attention");
-        CUDA_TRY(loom_cuda_gemm_run(m->gemm, m->o_out, m->att, L->w_o, L->b_o, o->act, T, QD, H, st), "o gemm");
-        CUDA_TRY(loom_cuda_add_rmsnorm(m->x, m->o_out, m->xn, o->act, L->mlp_norm, o->act, T, H, c->rms_norm_eps, st), "rmsnorm");
-        CUDA_TRY(loom_cuda_gemm_run(m->gemm, m->gu, m->xn, L->w_gu, L->b_gu, o->act, T, H, 2 * I, st), "gate/up gemm");
-        CUDA_TRY(loom_cuda_silu_mul(m->h, m->gu, o->act, T, I, st), "silu*mul");
-        CUDA_TRY(loom_cuda_gemm_run(m->gemm, m->mlp, m->h, L->w_down, L->b_down, o->act, T, I, H, st), "down gemm");
+    if (m->use_graphs && T == S) {
+        /* decode step: replay (or capture once) the graph for this batch size */
+        int g = 0;
+        while (g < m->n_graphs && m->graphs[g].n_seqs != S) g++;
+        if (g == m->n_graphs && g < (int)(sizeof m->graphs / sizeof m->graphs[0])) {
+            cudaGraph_t graph;
+            CUDA_TRY(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal), "graph capture");
+            loom_status ls = launch_step(m, S, T, o->max_seq_len, used, err);
+            cudaError_t ce = cudaStreamEndCapture(st, &graph);
+            if (ls != LOOM_OK) return ls;
+            CUDA_TRY(ce, "graph capture");
+            ce = cudaGraphInstantiate(&m->graphs[g].exec, graph, 0);
+            cudaGraphDestroy(graph);
+            CUDA_TRY(ce, "graph instantiate");
+            m->graphs[g].n_seqs = S;
+            m->n_graphs++;
+        }
+        if (g < m->n_graphs) CUDA_TRY(cudaGraphLaunch(m->graphs[g].exec, st), "graph launch");
+        else LOOM_CHECK(launch_step(m, S, T, max_ctx, used, err));
+    } else {
+        LOOM_CHECK(launch_step(m, S, T, max_ctx, used, err));
     }
-    CUDA_TRY(loom_cuda_add_rmsnorm(m->x, m->mlp, m->xn, o->act, m->final_norm, o->act, T, H, c->rms_norm_eps, st), "final norm");
-    CUDA_TRY(loom_gpu_gather_rows(m->last, m->xn, o->act, m->d_last, S, H, st), "gather");
-    CUDA_TRY(loom_cuda_gemm_run(m->gemm, m->logits_act, m->last, m->lm_head, NULL, o->act, S, H, V, st), "lm_head gemm");
-    CUDA_TRY(loom_gpu_cast(m->logits, LOOM_F32, m->logits_act, o->act, S * V, st), "logits cast");
-    CUDA_TRY(loom_cuda_sample(m->d_out, m->logits, S, V, m->d_temp, m->d_topk, m->d_topp, m->d_rep, m->d_tokens, m->d_hoff, m->d_seed,
-                              m->d_step, m->samp_scratch, st),
-             "sampling");
-    CUDA_TRY(cudaMemcpyAsync(m->h_out, m->d_out, (size_t)S * sizeof(int32_t), cudaMemcpyDeviceToHost, st), "ids download");
     CUDA_TRY(cudaStreamSynchronize(st), "step");
     memcpy(out_ids, m->h_out, (size_t)S * sizeof *out_ids);
     return LOOM_OK;
