@@ -64,6 +64,7 @@ struct loom_gpu_model {
     struct { int64_t n_seqs; cudaGraphExec_t exec; } graphs[32];
     int n_graphs;
     int use_graphs;
+    int use_gemv;   /* LOOM_GEMV=0 turns the decode GEMV off (cuBLASLt for everything) */
     void **allocs;
     int n_allocs, cap_allocs;
 };
@@ -130,6 +131,8 @@ static loom_status init_common(loom_gpu_model *m, const loom_config *cfg, const 
     m->o = *o;
     const char *g = getenv("LOOM_CUDA_GRAPHS");
     m->use_graphs = !(g && !strcmp(g, "0"));
+    const char *gv = getenv("LOOM_GEMV");
+    m->use_gemv = !(gv && !strcmp(gv, "0"));
     if (o->act != LOOM_F16 && o->act != LOOM_BF16) return loom_err_set(err, LOOM_EINVAL, "the GPU backend computes in fp16 or bf16");
     m->es = 2;
     int n_dev = 0;
@@ -434,6 +437,15 @@ static void carve(loom_gpu_model *m, int64_t T, int64_t S, int64_t maxb, size_t 
 
 #define HOST(devptr) ((void *)((char *)m->stage_host + ((char *)(devptr) - (char *)m->stage_dev)))
 
+/* y = x @ W^T (+ b): the bandwidth-bound GEMV kernel for decode-sized
+ * batches, cuBLASLt otherwise. */
+static int linear(loom_gpu_model *m, void *y, const void *x, const void *w, const void *b, int64_t n, int64_t in, int64_t out,
+                  cudaStream_t st)
+{
+    if (m->use_gemv && loom_cuda_gemv_ok(m->o.act, n, in, x, w)) return loom_cuda_gemv(y, x, w, b, m->o.act, n, in, out, st);
+    return loom_cuda_gemm_run(m->gemm, y, x, w, b, m->o.act, n, in, out, st);
+}
+
 /* Enqueues one step on the stream: the staging upload, the layers, lm_head,
  * sampling and the ids download. The same sequence is captured as a graph. */
 static loom_status launch_step(loom_gpu_model *m, int64_t S, int64_t T, int64_t max_ctx, size_t used, loom_err *err)
@@ -451,7 +463,7 @@ static loom_status launch_step(loom_gpu_model *m, int64_t S, int64_t T, int64_t 
     for (int64_t l = 0; l < c->n_layers; l++) {
         gpu_layer *L = &m->layers[l];
         CUDA_TRY(loom_cuda_add_rmsnorm(m->x, l ? m->mlp : NULL, m->xn, o->act, L->attn_norm, o->act, T, H, c->rms_norm_eps, st), "rmsnorm");
-        CUDA_TRY(loom_cuda_gemm_run(m->gemm, m->qkv, m->xn, L->w_qkv, L->b_qkv, o->act, T, H, QKV, st), "qkv gemm");
+        CUDA_TRY(linear(m, m->qkv, m->xn, L->w_qkv, L->b_qkv, T, H, QKV, st), "qkv gemm");
         CUDA_TRY(loom_cuda_rope(m->qkv, QKV, off(m->qkv, QD, es), QKV, o->act, m->d_pos, T, c->n_heads, c->n_kv_heads, hd, m->inv_freq, st), "rope");
         CUDA_TRY(loom_cuda_kv_append(L->pool, off(m->qkv, QD, es), QKV, off(m->qkv, QD + KD, es), QKV, o->act, m->d_slots, T, c->n_kv_heads, hd, B, st),
                  "kv append");
@@ -463,15 +475,15 @@ static loom_status launch_step(loom_gpu_model *m, int64_t S, int64_t T, int64_t 
             CUDA_TRY(loom_cuda_attention_generic(m->att, m->qkv, QKV, L->pool, o->act, m->d_qstart, m->d_ctx, m->d_bt, maxb, S, T, c->n_heads,
                                                  c->n_kv_heads, hd, B, c->layer_window[l], scale, st),
                      "attention");
-        CUDA_TRY(loom_cuda_gemm_run(m->gemm, m->o_out, m->att, L->w_o, L->b_o, o->act, T, QD, H, st), "o gemm");
+        CUDA_TRY(linear(m, m->o_out, m->att, L->w_o, L->b_o, T, QD, H, st), "o gemm");
         CUDA_TRY(loom_cuda_add_rmsnorm(m->x, m->o_out, m->xn, o->act, L->mlp_norm, o->act, T, H, c->rms_norm_eps, st), "rmsnorm");
-        CUDA_TRY(loom_cuda_gemm_run(m->gemm, m->gu, m->xn, L->w_gu, L->b_gu, o->act, T, H, 2 * I, st), "gate/up gemm");
+        CUDA_TRY(linear(m, m->gu, m->xn, L->w_gu, L->b_gu, T, H, 2 * I, st), "gate/up gemm");
         CUDA_TRY(loom_cuda_silu_mul(m->h, m->gu, o->act, T, I, st), "silu*mul");
-        CUDA_TRY(loom_cuda_gemm_run(m->gemm, m->mlp, m->h, L->w_down, L->b_down, o->act, T, I, H, st), "down gemm");
+        CUDA_TRY(linear(m, m->mlp, m->h, L->w_down, L->b_down, T, I, H, st), "down gemm");
     }
     CUDA_TRY(loom_cuda_add_rmsnorm(m->x, m->mlp, m->xn, o->act, m->final_norm, o->act, T, H, c->rms_norm_eps, st), "final norm");
     CUDA_TRY(loom_gpu_gather_rows(m->last, m->xn, o->act, m->d_last, S, H, st), "gather");
-    CUDA_TRY(loom_cuda_gemm_run(m->gemm, m->logits_act, m->last, m->lm_head, NULL, o->act, S, H, V, st), "lm_head gemm");
+    CUDA_TRY(linear(m, m->logits_act, m->last, m->lm_head, NULL, S, H, V, st), "lm_head gemm");
     CUDA_TRY(loom_gpu_cast(m->logits, LOOM_F32, m->logits_act, o->act, S * V, st), "logits cast");
     CUDA_TRY(loom_cuda_sample(m->d_out, m->logits, S, V, m->d_temp, m->d_topk, m->d_topp, m->d_rep, m->d_tokens, m->d_hoff, m->d_seed,
                               m->d_step, m->samp_scratch, st),

@@ -88,6 +88,17 @@ void loom_cuda_gemm_destroy(loom_cuda_gemm *g);
 int loom_cuda_gemm_run(loom_cuda_gemm *g, void *y, const void *x, const void *w, const void *bias,
                        loom_dtype act, int64_t n, int64_t in_dim, int64_t out_dim, void *stream);
 
+/* ---- skinny GEMM for decode (kernels/cuda/gemv.cu) ---- */
+
+/* True when loom_cuda_gemv handles this call: fp16/bf16, 1 <= n <= 8,
+ * in_dim % 8 == 0, x and w 16-byte aligned. */
+int loom_cuda_gemv_ok(loom_dtype act, int64_t n, int64_t in_dim, const void *x, const void *w);
+
+/* The same product as loom_cuda_gemm_run for n <= 8 rows, as a bandwidth-bound
+ * stream over W (one warp per output row). */
+int loom_cuda_gemv(void *y, const void *x, const void *w, const void *bias, loom_dtype act, int64_t n, int64_t in_dim,
+                   int64_t out_dim, void *stream);
+
 /* ---- attention over the paged KV cache (kernels/cuda/attention.cu) ---- */
 
 /* Writes k, v (n, n_kv_heads, head_dim; rows k_stride / v_stride elements
