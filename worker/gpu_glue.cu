@@ -81,3 +81,21 @@ extern "C" int loom_gpu_fill_random(void *dst, loom_dtype dt, int64_t n, float s
     fill_random_kernel<<<grid_for(n), 256, 0, (cudaStream_t)stream>>>(dst, dt, n, scale, offset, seed);
     return (int)cudaGetLastError();
 }
+
+__global__ void gather_vocab_kernel(float *dst, const void *src, int dt, int64_t tp, int64_t S, int64_t Vl, int64_t V)
+{
+    int64_t s = blockIdx.y;
+    for (int64_t v = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; v < V; v += (int64_t)gridDim.x * blockDim.x) {
+        int64_t r = v / Vl, j = v % Vl;
+        dst[s * V + v] = load_as_float(src, dt, (r * S + s) * Vl + j);
+    }
+}
+
+extern "C" int loom_gpu_gather_vocab(float *dst, const void *src, loom_dtype dt, int64_t tp, int64_t n_rows, int64_t vl, int64_t vocab,
+                                     void *stream)
+{
+    if (n_rows <= 0) return 0;
+    dim3 grid((unsigned)((vocab + 255) / 256 > 256 ? 256 : (vocab + 255) / 256), (unsigned)n_rows);
+    gather_vocab_kernel<<<grid, 256, 0, (cudaStream_t)stream>>>(dst, src, dt, tp, n_rows, vl, vocab);
+    return (int)cudaGetLastError();
+}

@@ -19,6 +19,12 @@ int loom_gpu_cast(void *dst, loom_dtype dst_dt, const void *src, loom_dtype src_
 int loom_gpu_gather_rows(void *dst, const void *src, loom_dtype dt, const int32_t *rows, int64_t n_rows, int64_t dim,
                          void *stream);
 
+/* Logits of a vocab-parallel lm_head: src (tp, n_rows, vl) in dt, as
+ * all-gathered in TP rank order; dst (n_rows, vocab) fp32, dst[s][v] =
+ * src[v / vl][s][v % vl]. */
+int loom_gpu_gather_vocab(float *dst, const void *src, loom_dtype dt, int64_t tp, int64_t n_rows, int64_t vl, int64_t vocab,
+                          void *stream);
+
 /* dst[i] = offset + scale * u(seed, i), u uniform in [-1, 1): deterministic
  * random weights for benchmarks. */
 int loom_gpu_fill_random(void *dst, loom_dtype dt, int64_t n, float scale, float offset, uint64_t seed, void *stream);

@@ -65,6 +65,12 @@ struct loom_gpu_model {
     int n_graphs;
     int use_graphs;
     int use_gemv;   /* LOOM_GEMV=0 turns the decode GEMV off (cuBLASLt for everything) */
+    /* this partition: local heads, kv heads, MLP width, layers [l0, l0 + nl), vocab rows */
+    int64_t nh, nkv, inter, nl, l0;
+    int64_t vl, vrows;          /* padded vocab slice per TP rank, rows this rank holds */
+    int tp, tp_rank, is_first, is_last;
+    const loom_gpu_dist *dist;
+    void *gathered;             /* (tp, max_seqs, vl) all-gathered logits */
     void **allocs;
     int n_allocs, cap_allocs;
 };
@@ -126,8 +132,23 @@ static loom_status upload(loom_gpu_model *m, void *dst, int64_t dst_off, const v
     return LOOM_OK;
 }
 
-static loom_status init_common(loom_gpu_model *m, const loom_config *cfg, const loom_gpu_opts *o, loom_err *err)
+static loom_status init_common(loom_gpu_model *m, const loom_config *cfg, const loom_gpu_opts *o, const loom_model *hm,
+                               const loom_gpu_dist *dist, loom_err *err)
 {
+    /* the partition's shapes: the host model's when given, else the whole model */
+    m->dist = dist;
+    m->nh = hm ? hm->n_heads_local : cfg->n_heads;
+    m->nkv = hm ? hm->n_kv_local : cfg->n_kv_heads;
+    m->inter = hm ? hm->inter_local : cfg->intermediate_size;
+    m->l0 = hm ? hm->shard.layer_begin : 0;
+    m->nl = hm ? hm->shard.layer_end - hm->shard.layer_begin : cfg->n_layers;
+    m->tp = hm ? hm->shard.tp_size : 1;
+    m->tp_rank = hm ? hm->shard.tp_rank : 0;
+    m->is_first = hm ? hm->shard.pp_rank == 0 : 1;
+    m->is_last = hm ? hm->shard.pp_rank == hm->shard.pp_size - 1 : 1;
+    m->vl = hm ? hm->vocab_local : cfg->vocab_size;
+    m->vrows = hm ? hm->v_rows : cfg->vocab_size;
+    if ((m->tp > 1 || !m->is_first || !m->is_last) && !dist) return loom_err_set(err, LOOM_EINTERNAL, "a partitioned GPU model needs data-plane hooks");
     m->o = *o;
     const char *g = getenv("LOOM_CUDA_GRAPHS");
     m->use_graphs = !(g && !strcmp(g, "0"));
@@ -154,7 +175,7 @@ static loom_status init_common(loom_gpu_model *m, const loom_config *cfg, const 
     m->cfg.conv_pp_layers = NULL;
     if (!m->cfg.layer_window) return loom_err_set(err, LOOM_ENOMEM, "out of memory");
     memcpy(m->cfg.layer_window, cfg->layer_window, (size_t)cfg->n_layers * sizeof *cfg->layer_window);
-    m->layers = calloc((size_t)cfg->n_layers, sizeof *m->layers);
+    m->layers = calloc((size_t)m->nl, sizeof *m->layers);
     if (!m->layers) return loom_err_set(err, LOOM_ENOMEM, "out of memory");
     return LOOM_OK;
 }
@@ -163,15 +184,22 @@ static loom_status init_common(loom_gpu_model *m, const loom_config *cfg, const 
 static loom_status alloc_weights(loom_gpu_model *m, loom_err *err)
 {
     const loom_config *c = &m->cfg;
-    const int64_t H = c->hidden_size, I = c->intermediate_size, V = c->vocab_size, hd = c->head_dim;
-    const int64_t QD = c->n_heads * hd, KD = c->n_kv_heads * hd, QKV = QD + 2 * KD;
+    const int64_t H = c->hidden_size, I = m->inter, V = c->vocab_size, hd = c->head_dim;
+    const int64_t QD = m->nh * hd, KD = m->nkv * hd, QKV = QD + 2 * KD;
     size_t es = m->es, before = 0;
-    LOOM_CHECK(dalloc(m, &m->embed, (size_t)(V * H) * es, "embed_tokens", err));
-    LOOM_CHECK(dalloc(m, &m->final_norm, (size_t)H * es, "norm", err));
-    if (c->tie_word_embeddings) m->lm_head = m->embed;
-    else LOOM_CHECK(dalloc(m, &m->lm_head, (size_t)(V * H) * es, "lm_head", err));
-    before = (size_t)(V * H) * es * (c->tie_word_embeddings ? 1 : 2) + (size_t)H * es;
-    for (int64_t l = 0; l < c->n_layers; l++) {
+    (void)V;
+    /* lm_head is this rank's vocab slice padded to vl rows (zeros past vrows);
+     * tied and unpartitioned, it is embed_tokens itself */
+    bool share = c->tie_word_embeddings && m->tp == 1 && m->is_first && m->is_last;
+    if (m->is_first) LOOM_CHECK(dalloc(m, &m->embed, (size_t)(c->vocab_size * H) * es, "embed_tokens", err));
+    if (m->is_last) {
+        LOOM_CHECK(dalloc(m, &m->final_norm, (size_t)H * es, "norm", err));
+        if (share) m->lm_head = m->embed;
+        else LOOM_CHECK(dalloc(m, &m->lm_head, (size_t)(m->vl * H) * es, "lm_head", err));
+        if (!share) cudaMemset(m->lm_head, 0, (size_t)(m->vl * H) * es);
+    }
+    before = (m->is_last ? (size_t)(m->vrows * H) * es + (size_t)H * es : 0);
+    for (int64_t l = 0; l < m->nl; l++) {
         gpu_layer *L = &m->layers[l];
         LOOM_CHECK(dalloc(m, &L->attn_norm, (size_t)H * es, "weights", err));
         LOOM_CHECK(dalloc(m, &L->mlp_norm, (size_t)H * es, "weights", err));
@@ -180,10 +208,10 @@ static loom_status alloc_weights(loom_gpu_model *m, loom_err *err)
         LOOM_CHECK(dalloc(m, &L->w_gu, (size_t)(2 * I * H) * es, "weights", err));
         LOOM_CHECK(dalloc(m, &L->w_down, (size_t)(H * I) * es, "weights", err));
         if (c->qkv_bias) LOOM_CHECK(dalloc(m, &L->b_qkv, (size_t)QKV * es, "weights", err));
-        if (c->o_bias) LOOM_CHECK(dalloc(m, &L->b_o, (size_t)H * es, "weights", err));
+        if (c->o_bias && m->tp_rank == 0) LOOM_CHECK(dalloc(m, &L->b_o, (size_t)H * es, "weights", err));
         if (c->mlp_bias) {
             LOOM_CHECK(dalloc(m, &L->b_gu, (size_t)(2 * I) * es, "weights", err));
-            LOOM_CHECK(dalloc(m, &L->b_down, (size_t)H * es, "weights", err));
+            if (m->tp_rank == 0) LOOM_CHECK(dalloc(m, &L->b_down, (size_t)H * es, "weights", err));
         }
         before += (size_t)(2 * H + QKV * H + H * QD + 3 * I * H) * es;
     }
@@ -197,22 +225,23 @@ static loom_status alloc_runtime(loom_gpu_model *m, loom_err *err)
 {
     const loom_config *c = &m->cfg;
     const loom_gpu_opts *o = &m->o;
-    const int64_t H = c->hidden_size, I = c->intermediate_size, V = c->vocab_size, hd = c->head_dim;
-    const int64_t QD = c->n_heads * hd, KD = c->n_kv_heads * hd, T = o->max_tokens, S = o->max_seqs;
+    const int64_t H = c->hidden_size, I = m->inter, V = c->vocab_size, hd = c->head_dim;
+    const int64_t QD = m->nh * hd, KD = m->nkv * hd, T = o->max_tokens, S = o->max_seqs;
     const size_t es = m->es;
     size_t ws = GEMM_WORKSPACE;
     struct { void **p; size_t bytes; } acts[] = {
         {&m->x, (size_t)(T * H) * es},       {&m->xn, (size_t)(T * H) * es},          {&m->qkv, (size_t)(T * (QD + 2 * KD)) * es},
         {&m->att, (size_t)(T * QD) * es},    {&m->o_out, (size_t)(T * H) * es},       {&m->gu, (size_t)(T * 2 * I) * es},
         {&m->h, (size_t)(T * I) * es},       {&m->mlp, (size_t)(T * H) * es},         {&m->last, (size_t)(S * H) * es},
-        {&m->logits_act, (size_t)(S * V) * es}, {(void **)&m->logits, (size_t)(S * V) * 4},
+        {&m->logits_act, (size_t)(S * m->vl) * es}, {(void **)&m->logits, (size_t)(S * V) * 4},
+        {&m->gathered, (size_t)(m->tp * S * m->vl) * es},
     };
     for (size_t i = 0; i < sizeof acts / sizeof acts[0]; i++) {
         LOOM_CHECK(dalloc(m, acts[i].p, acts[i].bytes, "activations", err));
         ws += acts[i].bytes;
     }
     m->max_blocks_per_seq = (o->max_seq_len + o->tokens_per_block - 1) / o->tokens_per_block;
-    m->attn_scratch_bytes = loom_cuda_attention_scratch_bytes(S, c->n_heads, hd, o->max_seq_len);
+    m->attn_scratch_bytes = loom_cuda_attention_scratch_bytes(S, m->nh, hd, o->max_seq_len);
     m->samp_scratch_bytes = loom_cuda_sampling_scratch_bytes(S, V);
     LOOM_CHECK(dalloc(m, &m->attn_scratch, m->attn_scratch_bytes, "activations (attention scratch)", err));
     LOOM_CHECK(dalloc(m, &m->samp_scratch, m->samp_scratch_bytes, "activations (sampling scratch)", err));
@@ -236,7 +265,7 @@ static loom_status alloc_runtime(loom_gpu_model *m, loom_err *err)
     size_t fr = 0, tot = 0;
     CUDA_TRY(cudaMemGetInfo(&fr, &tot), "memory info");
     const int64_t B = o->tokens_per_block;
-    size_t block_bytes = (size_t)(2 * c->n_kv_heads * B * hd) * es * (size_t)c->n_layers;
+    size_t block_bytes = (size_t)(2 * m->nkv * B * hd) * es * (size_t)m->nl;
     int64_t blocks = (int64_t)((double)fr * o->kv_free_fraction / (double)block_bytes);
     if (o->max_kv_tokens > 0 && blocks > (o->max_kv_tokens + B - 1) / B) blocks = (o->max_kv_tokens + B - 1) / B;
     if (blocks < m->max_blocks_per_seq)
@@ -245,8 +274,8 @@ static loom_status alloc_runtime(loom_gpu_model *m, loom_err *err)
     m->n_blocks = blocks;
     void *pool;
     LOOM_CHECK(dalloc(m, &pool, block_bytes * (size_t)blocks, "KV pool", err));
-    size_t per_layer = (size_t)(2 * c->n_kv_heads * B * hd) * es * (size_t)blocks;
-    for (int64_t l = 0; l < c->n_layers; l++) m->layers[l].pool = (char *)pool + per_layer * (size_t)l;
+    size_t per_layer = (size_t)(2 * m->nkv * B * hd) * es * (size_t)blocks;
+    for (int64_t l = 0; l < m->nl; l++) m->layers[l].pool = (char *)pool + per_layer * (size_t)l;
     m->free_blocks = malloc((size_t)blocks * sizeof *m->free_blocks);
     m->seq_blocks = calloc((size_t)(S * m->max_blocks_per_seq), sizeof *m->seq_blocks);
     m->seq_len = calloc((size_t)S, sizeof *m->seq_len);
@@ -265,8 +294,8 @@ static loom_status alloc_runtime(loom_gpu_model *m, loom_err *err)
 static loom_status upload_weights(loom_gpu_model *m, const loom_model *hm, loom_err *err)
 {
     const loom_config *c = &m->cfg;
-    const int64_t H = c->hidden_size, I = c->intermediate_size, V = c->vocab_size, hd = c->head_dim;
-    const int64_t QD = c->n_heads * hd, KD = c->n_kv_heads * hd;
+    const int64_t H = c->hidden_size, I = m->inter, V = c->vocab_size, hd = c->head_dim;
+    const int64_t QD = m->nh * hd, KD = m->nkv * hd;
     size_t tmp_bytes = (size_t)(V * H) * 4;
     if ((size_t)(2 * I * H) * 4 > tmp_bytes) tmp_bytes = (size_t)(2 * I * H) * 4;
     void *tmp;
@@ -279,10 +308,10 @@ static loom_status upload_weights(loom_gpu_model *m, const loom_model *hm, loom_
     do {                                                                                     \
         if ((w).data && st == LOOM_OK) st = upload(m, dst, doff, (w).data, (w).dtype, n, tmp, err); \
     } while (0)
-    UP(m->embed, 0, hm->w.embed, V * H);
-    UP(m->final_norm, 0, hm->w.final_norm, H);
-    if (!c->tie_word_embeddings) UP(m->lm_head, 0, hm->w.lm_head, V * H);
-    for (int64_t l = 0; l < c->n_layers && st == LOOM_OK; l++) {
+    if (m->is_first) UP(m->embed, 0, hm->w.embed, V * H);
+    if (m->is_last) UP(m->final_norm, 0, hm->w.final_norm, H);
+    if (m->is_last && m->lm_head != m->embed) UP(m->lm_head, 0, hm->w.lm_head, m->vrows * H);
+    for (int64_t l = 0; l < m->nl && st == LOOM_OK; l++) {
         const loom_layer_weights *S = &hm->w.layers[l];
         gpu_layer *L = &m->layers[l];
         UP(L->attn_norm, 0, S->attn_norm, H);
@@ -314,14 +343,14 @@ static loom_status upload_weights(loom_gpu_model *m, const loom_model *hm, loom_
 static loom_status dummy_weights(loom_gpu_model *m, uint64_t seed, loom_err *err)
 {
     const loom_config *c = &m->cfg;
-    const int64_t H = c->hidden_size, I = c->intermediate_size, V = c->vocab_size, hd = c->head_dim;
-    const int64_t QKV = c->n_heads * hd + 2 * c->n_kv_heads * hd, QD = c->n_heads * hd;
+    const int64_t H = c->hidden_size, I = m->inter, V = c->vocab_size, hd = c->head_dim;
+    const int64_t QKV = m->nh * hd + 2 * m->nkv * hd, QD = m->nh * hd;
     float s_in = 1.0f / sqrtf((float)H), s_i = 1.0f / sqrtf((float)I);
     void *st = m->stream;
     CUDA_TRY(loom_gpu_fill_random(m->embed, m->o.act, V * H, 1.0f, 0.0f, seed, st), "random weights");
     CUDA_TRY(loom_gpu_fill_random(m->final_norm, m->o.act, H, 0.1f, 1.0f, seed + 1, st), "random weights");
     if (m->lm_head != m->embed) CUDA_TRY(loom_gpu_fill_random(m->lm_head, m->o.act, V * H, s_in, 0.0f, seed + 2, st), "random weights");
-    for (int64_t l = 0; l < c->n_layers; l++) {
+    for (int64_t l = 0; l < m->nl; l++) {
         gpu_layer *L = &m->layers[l];
         uint64_t k = seed + 16 * (uint64_t)(l + 1);
         CUDA_TRY(loom_gpu_fill_random(L->attn_norm, m->o.act, H, 0.1f, 1.0f, k, st), "random weights");
@@ -346,7 +375,7 @@ loom_gpu_model *loom_gpu_model_dummy(const loom_config *cfg, const loom_gpu_opts
         loom_err_set(err, LOOM_ENOMEM, "out of memory");
         return NULL;
     }
-    if (init_common(m, cfg, o, err) != LOOM_OK || alloc_weights(m, err) != LOOM_OK || dummy_weights(m, seed, err) != LOOM_OK ||
+    if (init_common(m, cfg, o, NULL, NULL, err) != LOOM_OK || alloc_weights(m, err) != LOOM_OK || dummy_weights(m, seed, err) != LOOM_OK ||
         alloc_runtime(m, err) != LOOM_OK) {
         loom_gpu_model_destroy(m);
         return NULL;
@@ -354,9 +383,33 @@ loom_gpu_model *loom_gpu_model_dummy(const loom_config *cfg, const loom_gpu_opts
     return m;
 }
 
+/* The host model is only read for its (sliced) weights; it never runs. */
+static loom_status no_hook(void *ctx, float *buf, int64_t n, loom_err *err)
+{
+    (void)ctx, (void)buf, (void)n;
+    return loom_err_set(err, LOOM_EINTERNAL, "no CPU data plane");
+}
+static loom_status no_send(void *ctx, const float *buf, int64_t n, loom_err *err)
+{
+    (void)ctx, (void)buf, (void)n;
+    return loom_err_set(err, LOOM_EINTERNAL, "no CPU data plane");
+}
+static loom_status no_gather(void *ctx, const float *l, int64_t n, float *out, loom_err *err)
+{
+    (void)ctx, (void)l, (void)n, (void)out;
+    return loom_err_set(err, LOOM_EINTERNAL, "no CPU data plane");
+}
+
 loom_gpu_model *loom_gpu_model_load(const char *dir, const loom_gpu_opts *o, loom_err *err)
 {
-    loom_model *hm = loom_model_load(dir, loom_ops_cpu(), NULL, NULL, 1, 1, err);
+    return loom_gpu_model_load_part(dir, o, NULL, NULL, err);
+}
+
+loom_gpu_model *loom_gpu_model_load_part(const char *dir, const loom_gpu_opts *o, const loom_shard *shard, const loom_gpu_dist *dist,
+                                         loom_err *err)
+{
+    static const loom_dist host_hooks = {.tp_allreduce = no_hook, .tp_gather = no_gather, .pp_send = no_send, .pp_recv = no_hook};
+    loom_model *hm = loom_model_load(dir, loom_ops_cpu(), shard, shard ? &host_hooks : NULL, 1, 1, err);
     if (!hm) return NULL;
     loom_gpu_model *m = calloc(1, sizeof *m);
     if (!m) {
@@ -364,7 +417,7 @@ loom_gpu_model *loom_gpu_model_load(const char *dir, const loom_gpu_opts *o, loo
         loom_err_set(err, LOOM_ENOMEM, "out of memory");
         return NULL;
     }
-    if (init_common(m, &hm->cfg, o, err) != LOOM_OK || alloc_weights(m, err) != LOOM_OK || upload_weights(m, hm, err) != LOOM_OK ||
+    if (init_common(m, &hm->cfg, o, hm, dist, err) != LOOM_OK || alloc_weights(m, err) != LOOM_OK || upload_weights(m, hm, err) != LOOM_OK ||
         alloc_runtime(m, err) != LOOM_OK) {
         loom_gpu_model_destroy(m);
         m = NULL;
@@ -454,38 +507,53 @@ static loom_status launch_step(loom_gpu_model *m, int64_t S, int64_t T, int64_t 
     const loom_config *c = &m->cfg;
     const loom_gpu_opts *o = &m->o;
     const int64_t B = o->tokens_per_block, maxb = m->max_blocks_per_seq;
-    const int64_t H = c->hidden_size, I = c->intermediate_size, V = c->vocab_size, hd = c->head_dim;
-    const int64_t QD = c->n_heads * hd, KD = c->n_kv_heads * hd, QKV = QD + 2 * KD;
+    const int64_t H = c->hidden_size, I = m->inter, V = c->vocab_size, hd = c->head_dim;
+    const int64_t QD = m->nh * hd, KD = m->nkv * hd, QKV = QD + 2 * KD;
     const size_t es = m->es;
     cudaStream_t st = m->stream;
     CUDA_TRY(cudaMemcpyAsync(m->stage_dev, m->stage_host, used, cudaMemcpyHostToDevice, st), "step upload");
-    CUDA_TRY(loom_cuda_embedding(m->x, o->act, m->embed, o->act, m->d_tokens, T, H, st), "embedding");
+    const loom_gpu_dist *d = m->dist;
+    if (m->is_first) CUDA_TRY(loom_cuda_embedding(m->x, o->act, m->embed, o->act, m->d_tokens, T, H, st), "embedding");
+    else CUDA_TRY(d->recv_prev(d->ctx, m->x, T * H, o->act, st), "receive from the previous stage");
     const float scale = 1.0f / sqrtf((float)hd);
-    for (int64_t l = 0; l < c->n_layers; l++) {
+    for (int64_t l = 0; l < m->nl; l++) {
         gpu_layer *L = &m->layers[l];
         CUDA_TRY(loom_cuda_add_rmsnorm(m->x, l ? m->mlp : NULL, m->xn, o->act, L->attn_norm, o->act, T, H, c->rms_norm_eps, st), "rmsnorm");
         CUDA_TRY(linear(m, m->qkv, m->xn, L->w_qkv, L->b_qkv, T, H, QKV, st), "qkv gemm");
-        CUDA_TRY(loom_cuda_rope(m->qkv, QKV, off(m->qkv, QD, es), QKV, o->act, m->d_pos, T, c->n_heads, c->n_kv_heads, hd, m->inv_freq, st), "rope");
-        CUDA_TRY(loom_cuda_kv_append(L->pool, off(m->qkv, QD, es), QKV, off(m->qkv, QD + KD, es), QKV, o->act, m->d_slots, T, c->n_kv_heads, hd, B, st),
+        CUDA_TRY(loom_cuda_rope(m->qkv, QKV, off(m->qkv, QD, es), QKV, o->act, m->d_pos, T, m->nh, m->nkv, hd, m->inv_freq, st), "rope");
+        CUDA_TRY(loom_cuda_kv_append(L->pool, off(m->qkv, QD, es), QKV, off(m->qkv, QD + KD, es), QKV, o->act, m->d_slots, T, m->nkv, hd, B, st),
                  "kv append");
         if (hd == 64 || hd == 128)
-            CUDA_TRY(loom_cuda_attention(m->att, m->qkv, QKV, L->pool, o->act, m->d_qstart, m->d_ctx, m->d_bt, maxb, S, T, max_ctx, c->n_heads,
-                                         c->n_kv_heads, hd, B, c->layer_window[l], scale, o->multi_block, m->attn_scratch, st),
+            CUDA_TRY(loom_cuda_attention(m->att, m->qkv, QKV, L->pool, o->act, m->d_qstart, m->d_ctx, m->d_bt, maxb, S, T, max_ctx, m->nh,
+                                         m->nkv, hd, B, c->layer_window[m->l0 + l], scale, o->multi_block, m->attn_scratch, st),
                      "attention");
         else
-            CUDA_TRY(loom_cuda_attention_generic(m->att, m->qkv, QKV, L->pool, o->act, m->d_qstart, m->d_ctx, m->d_bt, maxb, S, T, c->n_heads,
-                                                 c->n_kv_heads, hd, B, c->layer_window[l], scale, st),
+            CUDA_TRY(loom_cuda_attention_generic(m->att, m->qkv, QKV, L->pool, o->act, m->d_qstart, m->d_ctx, m->d_bt, maxb, S, T, m->nh,
+                                                 m->nkv, hd, B, c->layer_window[m->l0 + l], scale, st),
                      "attention");
         CUDA_TRY(linear(m, m->o_out, m->att, L->w_o, L->b_o, T, QD, H, st), "o gemm");
+        if (m->tp > 1) CUDA_TRY(d->allreduce(d->ctx, m->o_out, T * H, o->act, st), "all-reduce");
         CUDA_TRY(loom_cuda_add_rmsnorm(m->x, m->o_out, m->xn, o->act, L->mlp_norm, o->act, T, H, c->rms_norm_eps, st), "rmsnorm");
         CUDA_TRY(linear(m, m->gu, m->xn, L->w_gu, L->b_gu, T, H, 2 * I, st), "gate/up gemm");
         CUDA_TRY(loom_cuda_silu_mul(m->h, m->gu, o->act, T, I, st), "silu*mul");
         CUDA_TRY(linear(m, m->mlp, m->h, L->w_down, L->b_down, T, I, H, st), "down gemm");
+        if (m->tp > 1) CUDA_TRY(d->allreduce(d->ctx, m->mlp, T * H, o->act, st), "all-reduce");
+    }
+    if (!m->is_last) {
+        /* finish the residual (x += mlp; the normed copy is not used) and pass it on */
+        CUDA_TRY(loom_cuda_add_rmsnorm(m->x, m->mlp, m->xn, o->act, m->layers[m->nl - 1].mlp_norm, o->act, T, H, c->rms_norm_eps, st), "residual");
+        CUDA_TRY(d->send_next(d->ctx, m->x, T * H, o->act, st), "send to the next stage");
+        return LOOM_OK;
     }
     CUDA_TRY(loom_cuda_add_rmsnorm(m->x, m->mlp, m->xn, o->act, m->final_norm, o->act, T, H, c->rms_norm_eps, st), "final norm");
     CUDA_TRY(loom_gpu_gather_rows(m->last, m->xn, o->act, m->d_last, S, H, st), "gather");
-    CUDA_TRY(linear(m, m->logits_act, m->last, m->lm_head, NULL, S, H, V, st), "lm_head gemm");
-    CUDA_TRY(loom_gpu_cast(m->logits, LOOM_F32, m->logits_act, o->act, S * V, st), "logits cast");
+    CUDA_TRY(linear(m, m->logits_act, m->last, m->lm_head, NULL, S, H, m->vl, st), "lm_head gemm");
+    if (m->tp > 1) {
+        CUDA_TRY(d->allgather(d->ctx, m->logits_act, m->gathered, S * m->vl, o->act, st), "all-gather");
+        CUDA_TRY(loom_gpu_gather_vocab(m->logits, m->gathered, o->act, m->tp, S, m->vl, V, st), "logits gather");
+    } else {
+        CUDA_TRY(loom_gpu_cast(m->logits, LOOM_F32, m->logits_act, o->act, S * V, st), "logits cast");
+    }
     CUDA_TRY(loom_cuda_sample(m->d_out, m->logits, S, V, m->d_temp, m->d_topk, m->d_topp, m->d_rep, m->d_tokens, m->d_hoff, m->d_seed,
                               m->d_step, m->samp_scratch, st),
              "sampling");
@@ -543,7 +611,7 @@ loom_status loom_gpu_forward(loom_gpu_model *m, int64_t S, const int64_t *slots,
     h_hoff[S] = 0;
     m->step++;
     cudaStream_t st = m->stream;
-    if (m->use_graphs && T == S) {
+    if (m->use_graphs && T == S && m->tp == 1 && m->is_first && m->is_last) {
         /* decode step: replay (or capture once) the graph for this batch size */
         int g = 0;
         while (g < m->n_graphs && m->graphs[g].n_seqs != S) g++;
@@ -566,7 +634,7 @@ loom_status loom_gpu_forward(loom_gpu_model *m, int64_t S, const int64_t *slots,
         LOOM_CHECK(launch_step(m, S, T, max_ctx, used, err));
     }
     CUDA_TRY(cudaStreamSynchronize(st), "step");
-    memcpy(out_ids, m->h_out, (size_t)S * sizeof *out_ids);
+    if (m->is_last) memcpy(out_ids, m->h_out, (size_t)S * sizeof *out_ids);
     return LOOM_OK;
 }
 

@@ -29,6 +29,25 @@ loom_gpu_opts loom_gpu_opts_default(void);
 
 typedef struct loom_gpu_model loom_gpu_model;
 
+/* Data-plane hooks for a partitioned GPU model (parallel/dist_nccl.c fills
+ * them with NCCL). Counts are elements of dtype dt; each returns 0 or an error
+ * code; all are enqueued on `stream`. */
+typedef struct loom_gpu_dist {
+    void *ctx;
+    int (*allreduce)(void *ctx, void *buf, int64_t n, loom_dtype dt, void *stream);        /* sum over the TP group */
+    int (*allgather)(void *ctx, const void *send, void *recv, int64_t n, loom_dtype dt, void *stream); /* TP rank order */
+    int (*send_next)(void *ctx, const void *buf, int64_t n, loom_dtype dt, void *stream);  /* to the next stage */
+    int (*recv_prev)(void *ctx, void *buf, int64_t n, loom_dtype dt, void *stream);        /* from the previous stage */
+} loom_gpu_dist;
+
+/* Loads one partition (shard: TP rank and pipeline stage, as for the CPU
+ * model) of a Hugging Face or converted directory onto the current device.
+ * dist must be non-NULL when tp or pp > 1. On the last stage every TP rank
+ * samples the same ids (deterministic); other stages return no ids. */
+struct loom_shard;
+loom_gpu_model *loom_gpu_model_load_part(const char *dir, const loom_gpu_opts *o, const struct loom_shard *shard,
+                                         const loom_gpu_dist *dist, loom_err *err);
+
 /* Loads a Hugging Face directory (whole model, one GPU). On error (no GPU,
  * out of memory: the message names what to reduce) returns NULL. */
 loom_gpu_model *loom_gpu_model_load(const char *dir, const loom_gpu_opts *o, loom_err *err);
