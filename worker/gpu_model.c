@@ -78,7 +78,7 @@ struct loom_gpu_model {
 loom_gpu_opts loom_gpu_opts_default(void)
 {
     return (loom_gpu_opts){.act = LOOM_F16, .max_tokens = 8192, .max_seqs = 64, .max_seq_len = 4096, .tokens_per_block = 64,
-                           .kv_free_fraction = 0.9, .max_kv_tokens = 0, .multi_block = -1, .device = 0};
+                           .kv_free_fraction = 0.9, .max_kv_tokens = 0, .multi_block = -1, .device = -1};
 }
 
 static loom_status cuda_fail(loom_err *err, int rc, const char *what)
@@ -161,8 +161,8 @@ static loom_status init_common(loom_gpu_model *m, const loom_config *cfg, const 
         cudaGetLastError();
         return loom_err_set(err, LOOM_EIO, "no CUDA device is available (the CPU backend is `loom run` / `loom serve` without a GPU)");
     }
-    if (o->device < 0 || o->device >= n_dev) return loom_err_set(err, LOOM_EINVAL, "CUDA device %d does not exist (%d present)", o->device, n_dev);
-    CUDA_TRY(cudaSetDevice(o->device), "set device");
+    if (o->device >= n_dev) return loom_err_set(err, LOOM_EINVAL, "CUDA device %d does not exist (%d present)", o->device, n_dev);
+    if (o->device >= 0) CUDA_TRY(cudaSetDevice(o->device), "set device"); /* else: the caller's current device */
     CUDA_TRY(cudaStreamCreateWithFlags(&m->stream, cudaStreamNonBlocking), "stream create");
     if (cfg->head_dim > 256)
         return loom_err_set(err, LOOM_EUNSUPPORTED, "the CUDA attention kernels support head_dim up to 256 (this model has %lld)", (long long)cfg->head_dim);

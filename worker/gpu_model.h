@@ -22,7 +22,7 @@ typedef struct loom_gpu_opts {
     double kv_free_fraction;     /* of the memory free after weights + workspace (0.9) */
     int64_t max_kv_tokens;       /* > 0: cap the pool at this many tokens */
     int multi_block;             /* -1 auto, 0 off, 1 on */
-    int device;                  /* CUDA device ordinal */
+    int device;                  /* CUDA device ordinal; -1 = the current device (default) */
 } loom_gpu_opts;
 
 loom_gpu_opts loom_gpu_opts_default(void);
