@@ -26,6 +26,7 @@ typedef struct serve_opts {
     int64_t tp, pp, max_batch, max_tokens, max_seq;
     int64_t *pp_layers;
     int verbose;
+    int cuda;
 } serve_opts;
 
 static void serve_usage(FILE *f)
@@ -45,11 +46,13 @@ static void serve_usage(FILE *f)
             "  --max-batch-size N      requests batched together (default 8)\n"
             "  --max-num-tokens N      tokens per step; longer prompts are fed in chunks (default 512)\n"
             "  --max-seq-len N         prompt + new tokens per request (default: max_position_embeddings)\n"
+            "  --device cpu|cuda       where the workers compute (default cpu; cuda: one GPU per\n"
+            "                          worker, NCCL between them, fp16)\n"
             "  --verbose               log requests and errors to stderr\n"
             "Query it with: loom client --endpoint ENDPOINT --prompt TEXT --max-new-tokens N\n");
 }
 
-enum { OPT_TP = 256, OPT_PP, OPT_PP_LAYERS, OPT_LISTEN, OPT_CONTROL, OPT_BATCH, OPT_TOKENS, OPT_SEQ, OPT_VERBOSE, OPT_HELP };
+enum { OPT_TP = 256, OPT_PP, OPT_PP_LAYERS, OPT_LISTEN, OPT_CONTROL, OPT_BATCH, OPT_TOKENS, OPT_SEQ, OPT_VERBOSE, OPT_DEVICE, OPT_HELP };
 
 /* Returns 0, 2 (usage error, message in err) or -1 (--help). */
 static int parse_args(int argc, char **argv, serve_opts *o, loom_err *err)
@@ -65,6 +68,7 @@ static int parse_args(int argc, char **argv, serve_opts *o, loom_err *err)
         {"max-num-tokens", required_argument, 0, OPT_TOKENS},
         {"max-seq-len", required_argument, 0, OPT_SEQ},
         {"verbose", no_argument, 0, OPT_VERBOSE},
+        {"device", required_argument, 0, OPT_DEVICE},
         {"help", no_argument, 0, OPT_HELP},
         {0, 0, 0, 0},
     };
@@ -90,6 +94,10 @@ static int parse_args(int argc, char **argv, serve_opts *o, loom_err *err)
         case OPT_TOKENS: st = loom_parse_i64(optarg, 1, 1 << 20, "--max-num-tokens", &o->max_tokens, err); break;
         case OPT_SEQ: st = loom_parse_i64(optarg, 2, INT32_MAX, "--max-seq-len", &o->max_seq, err); break;
         case OPT_VERBOSE: o->verbose = 1; break;
+        case OPT_DEVICE:
+            if (!strcmp(optarg, "cuda")) o->cuda = 1;
+            else if (strcmp(optarg, "cpu")) st = loom_err_set(err, LOOM_EINVAL, "--device must be cpu or cuda (got %s)", optarg);
+            break;
         case OPT_HELP: return -1;
         case ':': st = loom_err_set(err, LOOM_EINVAL, "option %s needs a value", argv[optind - 1]); break;
         default: st = loom_err_set(err, LOOM_EINVAL, "unknown option %s", argv[optind - 1]); break;
@@ -213,7 +221,8 @@ static int run_worker(const serve_opts *o, MPI_Comm workers, int64_t max_seq)
     sigaction(SIGINT, &sa, NULL);
     loom_err err = {{0}};
     loom_worker_opts wo = {.model_dir = o->model, .tp = (int)o->tp, .pp = (int)o->pp, .pp_layers = o->pp_layers,
-                           .max_batch_size = o->max_batch, .max_num_tokens = o->max_tokens, .max_seq_len = max_seq, .verbose = o->verbose};
+                           .max_batch_size = o->max_batch, .max_num_tokens = o->max_tokens, .max_seq_len = max_seq, .verbose = o->verbose,
+                           .device_cuda = o->cuda};
     loom_worker *w = loom_worker_create(workers, &wo, &err);
     int rank;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);

@@ -56,6 +56,7 @@ struct loom_gpu_model {
     int32_t *d_topk;
     uint64_t *d_seed, *d_step;
     int64_t *d_hoff;
+    int32_t *d_hist;
     int32_t *h_out;
     uint64_t step;
     loom_gpu_mem mem;
@@ -255,7 +256,8 @@ static loom_status alloc_runtime(loom_gpu_model *m, loom_err *err)
     /* staging: int32 tokens, pos, slots (T each); qstart (S+1), ctx, last, topk (S); block tables (S * maxb);
      * floats temp, topp, rep (S); u64 seed, step (S); i64 hoff (S+1) */
     size_t n32 = (size_t)(3 * T + (S + 1) + 3 * S + S * m->max_blocks_per_seq);
-    m->stage_bytes = n32 * 4 + (size_t)(3 * S) * 4 + (size_t)(2 * S) * 8 + (size_t)(S + 1) * 8 + 64;
+    m->stage_bytes = n32 * 4 + (size_t)(3 * S) * 4 + (size_t)(2 * S) * 8 + (size_t)(S + 1) * 8 + 64 +
+                     (size_t)(S * o->max_seq_len) * 4 + 16; /* + repetition-penalty histories */
     if (cudaMallocHost(&m->stage_host, m->stage_bytes) != cudaSuccess) return loom_err_set(err, LOOM_ENOMEM, "cannot pin %zu bytes", m->stage_bytes);
     LOOM_CHECK(dalloc(m, &m->stage_dev, m->stage_bytes, "activations (staging)", err));
     LOOM_CHECK(dalloc(m, (void **)&m->d_out, (size_t)S * 4, "activations", err));
@@ -483,6 +485,8 @@ static void carve(loom_gpu_model *m, int64_t T, int64_t S, int64_t maxb, size_t 
     SLOT(m->d_seed, uint64_t, S);
     SLOT(m->d_step, uint64_t, S);
     SLOT(m->d_hoff, int64_t, S + 1);
+    o = (o + 7) & ~(size_t)7;
+    m->d_hist = (int32_t *)(d + o); /* histories last: the upload covers only what is used */
 #undef SLOT
     (void)h;
     *used = o;
@@ -554,7 +558,7 @@ static loom_status launch_step(loom_gpu_model *m, int64_t S, int64_t T, int64_t 
     } else {
         CUDA_TRY(loom_gpu_cast(m->logits, LOOM_F32, m->logits_act, o->act, S * V, st), "logits cast");
     }
-    CUDA_TRY(loom_cuda_sample(m->d_out, m->logits, S, V, m->d_temp, m->d_topk, m->d_topp, m->d_rep, m->d_tokens, m->d_hoff, m->d_seed,
+    CUDA_TRY(loom_cuda_sample(m->d_out, m->logits, S, V, m->d_temp, m->d_topk, m->d_topp, m->d_rep, m->d_hist, m->d_hoff, m->d_seed,
                               m->d_step, m->samp_scratch, st),
              "sampling");
     CUDA_TRY(cudaMemcpyAsync(m->h_out, m->d_out, (size_t)S * sizeof(int32_t), cudaMemcpyDeviceToHost, st), "ids download");
@@ -563,6 +567,20 @@ static loom_status launch_step(loom_gpu_model *m, int64_t S, int64_t T, int64_t 
 
 loom_status loom_gpu_forward(loom_gpu_model *m, int64_t S, const int64_t *slots, const int64_t *start, const int32_t *tokens,
                              float temperature, int32_t *out_ids, loom_err *err)
+{
+    loom_gpu_sample sp[1] = {{.temperature = temperature, .top_k = 0, .top_p = 1.0f, .repetition_penalty = 1.0f, .seed = 0}};
+    if (temperature == 0.0f) return loom_gpu_forward_sampled(m, S, slots, start, tokens, NULL, NULL, NULL, out_ids, err);
+    loom_gpu_sample *all = S <= 1 ? sp : malloc((size_t)S * sizeof *all);
+    if (!all) return loom_err_set(err, LOOM_ENOMEM, "out of memory");
+    for (int64_t i = 0; i < S; i++) all[i] = (loom_gpu_sample){temperature, 0, 1.0f, 1.0f, (uint64_t)slots[i]};
+    loom_status st = loom_gpu_forward_sampled(m, S, slots, start, tokens, all, NULL, NULL, out_ids, err);
+    if (all != sp) free(all);
+    return st;
+}
+
+loom_status loom_gpu_forward_sampled(loom_gpu_model *m, int64_t S, const int64_t *slots, const int64_t *start, const int32_t *tokens,
+                                     const loom_gpu_sample *sp, const int32_t *const *hist, const int64_t *hist_len, int32_t *out_ids,
+                                     loom_err *err)
 {
     const loom_gpu_opts *o = &m->o;
     const int64_t T = start[S], B = o->tokens_per_block, maxb = m->max_blocks_per_seq;
@@ -576,7 +594,8 @@ loom_status loom_gpu_forward(loom_gpu_model *m, int64_t S, const int64_t *slots,
     float *h_temp = HOST(m->d_temp), *h_topp = HOST(m->d_topp), *h_rep = HOST(m->d_rep);
     uint64_t *h_seed = HOST(m->d_seed), *h_step = HOST(m->d_step);
     int64_t *h_hoff = HOST(m->d_hoff);
-    int64_t max_ctx = 0;
+    int32_t *h_hist = HOST(m->d_hist);
+    int64_t max_ctx = 0, n_hist = 0;
     memcpy(h_tok, tokens, (size_t)T * sizeof *tokens);
     for (int64_t i = 0; i < S; i++) {
         int64_t s = slots[i], n = start[i + 1] - start[i], len0 = m->seq_len[s];
@@ -597,21 +616,27 @@ loom_status loom_gpu_forward(loom_gpu_model *m, int64_t S, const int64_t *slots,
         h_ctx[i] = (int32_t)(len0 + n);
         h_last[i] = (int32_t)(start[i + 1] - 1);
         memcpy(h_bt + i * maxb, blocks, (size_t)need * sizeof *blocks);
-        h_temp[i] = temperature;
-        h_topk[i] = 0;
-        h_topp[i] = 1.0f;
-        h_rep[i] = 1.0f;
-        h_seed[i] = (uint64_t)s;
-        h_step[i] = m->step;
-        h_hoff[i] = 0;
+        h_temp[i] = sp ? sp[i].temperature : 0.0f;
+        h_topk[i] = sp ? sp[i].top_k : 0;
+        h_topp[i] = sp ? sp[i].top_p : 1.0f;
+        h_rep[i] = sp ? sp[i].repetition_penalty : 1.0f;
+        h_seed[i] = sp ? sp[i].seed : 0;
+        h_step[i] = (uint64_t)(len0 + n); /* the position sampled: batch-independent */
+        h_hoff[i] = n_hist;
+        if (sp && sp[i].repetition_penalty != 1.0f && hist && hist[i]) {
+            int64_t k = hist_len[i] < o->max_seq_len ? hist_len[i] : o->max_seq_len;
+            memcpy(h_hist + n_hist, hist[i], (size_t)k * sizeof *h_hist);
+            n_hist += k;
+        }
         if (len0 + n > max_ctx) max_ctx = len0 + n;
         m->seq_len[s] = len0 + n;
     }
     h_qs[S] = (int32_t)T;
-    h_hoff[S] = 0;
+    h_hoff[S] = n_hist;
+    used = (size_t)((char *)m->d_hist - (char *)m->stage_dev) + (size_t)n_hist * sizeof *h_hist;
     m->step++;
     cudaStream_t st = m->stream;
-    if (m->use_graphs && T == S && m->tp == 1 && m->is_first && m->is_last) {
+    if (m->use_graphs && T == S && n_hist == 0 && m->tp == 1 && m->is_first && m->is_last) {
         /* decode step: replay (or capture once) the graph for this batch size */
         int g = 0;
         while (g < m->n_graphs && m->graphs[g].n_seqs != S) g++;

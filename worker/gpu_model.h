@@ -79,6 +79,23 @@ int64_t loom_gpu_seq_len(const loom_gpu_model *m, int64_t slot);
 loom_status loom_gpu_forward(loom_gpu_model *m, int64_t n_seqs, const int64_t *slots, const int64_t *start,
                              const int32_t *tokens, float temperature, int32_t *out_ids, loom_err *err);
 
+/* Per-sequence sampling for loom_gpu_forward_sampled. */
+typedef struct loom_gpu_sample {
+    float temperature;        /* 0 = greedy */
+    int32_t top_k;            /* 0 = off */
+    float top_p;              /* 1 = off */
+    float repetition_penalty; /* 1 = off */
+    uint64_t seed;            /* with the sequence's length as the step: the same
+                                 request gives the same tokens in any batch */
+} loom_gpu_sample;
+
+/* loom_gpu_forward with sampling parameters per sequence (sp[n_seqs]) and,
+ * for the repetition penalty, each sequence's ids so far (hist[i], hist_len[i]
+ * host arrays; may be NULL when no sequence uses a penalty). */
+loom_status loom_gpu_forward_sampled(loom_gpu_model *m, int64_t n_seqs, const int64_t *slots, const int64_t *start,
+                                     const int32_t *tokens, const loom_gpu_sample *sp, const int32_t *const *hist,
+                                     const int64_t *hist_len, int32_t *out_ids, loom_err *err);
+
 /* Copies the last forward's fp32 logits (n_seqs, vocab) to host memory. */
 loom_status loom_gpu_logits(loom_gpu_model *m, int64_t n_seqs, float *out, loom_err *err);
 

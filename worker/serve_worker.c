@@ -16,6 +16,7 @@
 #include "../parallel/dist_mpi.h"
 #include "../proto/wire.h"
 #include "sampler.h"
+#include "serve_gpu.h"
 
 struct loom_worker {
     loom_worker_opts o;
@@ -35,6 +36,16 @@ struct loom_worker {
     int64_t *batch_slot;
     uint64_t *out_seq;
     int32_t *out_ids;
+    /* GPU backend (--device cuda): the model lives there; histories are kept
+     * on every last-stage rank, since each samples (the same ids) */
+    loom_serve_gpu *gpu;
+    bool last_stage;
+    int64_t vocab;
+    bool *reset;
+    loom_gpu_sample *gsp;
+    const int32_t **hist_ptrs;
+    int64_t *hist_lens, *slots;
+    int32_t *all_ids;
 };
 
 static double now_s(void)
@@ -60,8 +71,41 @@ loom_worker *loom_worker_create(MPI_Comm workers, const loom_worker_opts *o, loo
     loom_shard sh = {.tp_rank = w->topo->tp_rank, .tp_size = o->tp, .pp_rank = w->topo->pp_rank, .pp_size = o->pp};
     const int64_t *layers = o->pp_layers ? o->pp_layers : (cfg.conv_pp == o->pp ? cfg.conv_pp_layers : NULL);
     loom_status st = loom_shard_layers(cfg.n_layers, o->pp, layers, sh.pp_rank, &sh.layer_begin, &sh.layer_end, err);
+    w->vocab = cfg.vocab_size;
     loom_config_free(&cfg);
     if (st != LOOM_OK) goto fail;
+    if (o->device_cuda) {
+        w->gpu = loom_serve_gpu_create(workers, loom_mpi_dist_tp_comm(w->dist), loom_mpi_dist_pp_comm(w->dist), o->model_dir, &sh,
+                                       o->max_batch_size, o->max_num_tokens, o->max_seq_len, err);
+        if (!w->gpu) goto fail;
+        w->sampler_rank = sh.pp_rank == o->pp - 1 && sh.tp_rank == 0;
+        w->last_stage = sh.pp_rank == o->pp - 1;
+        int64_t S = o->max_batch_size, T = o->max_num_tokens;
+        w->n_slots = S;
+        w->history = calloc((size_t)S, sizeof *w->history);
+        w->hist_len = calloc((size_t)S, sizeof *w->hist_len);
+        w->tokens = malloc((size_t)T * sizeof *w->tokens);
+        w->seq_start = malloc((size_t)(S + 1) * sizeof *w->seq_start);
+        w->out_seq = malloc((size_t)S * sizeof *w->out_seq);
+        w->out_ids = malloc((size_t)S * sizeof *w->out_ids);
+        w->reset = calloc((size_t)S, sizeof *w->reset);
+        w->gsp = calloc((size_t)S, sizeof *w->gsp);
+        w->hist_ptrs = calloc((size_t)S, sizeof *w->hist_ptrs);
+        w->hist_lens = calloc((size_t)S, sizeof *w->hist_lens);
+        w->slots = calloc((size_t)S, sizeof *w->slots);
+        w->all_ids = calloc((size_t)S, sizeof *w->all_ids);
+        if (!w->history || !w->hist_len || !w->tokens || !w->seq_start || !w->out_seq || !w->out_ids || !w->reset || !w->gsp ||
+            !w->hist_ptrs || !w->hist_lens || !w->slots || !w->all_ids) {
+            loom_err_set(err, LOOM_ENOMEM, "out of memory");
+            goto fail;
+        }
+        for (int64_t s = 0; w->last_stage && s < S; s++)
+            if (!(w->history[s] = malloc((size_t)o->max_seq_len * sizeof **w->history))) {
+                loom_err_set(err, LOOM_ENOMEM, "out of memory");
+                goto fail;
+            }
+        return w;
+    }
     w->m = loom_model_load(o->model_dir, loom_ops_cpu(), &sh, loom_mpi_dist_hooks(w->dist), o->max_num_tokens, o->max_batch_size, err);
     if (!w->m) goto fail;
     w->sampler_rank = sh.pp_rank == o->pp - 1 && sh.tp_rank == 0;
@@ -126,6 +170,13 @@ void loom_worker_destroy(loom_worker *w)
     free(w->batch_slot);
     free(w->out_seq);
     free(w->out_ids);
+    free(w->reset);
+    free(w->gsp);
+    free(w->hist_ptrs);
+    free(w->hist_lens);
+    free(w->slots);
+    free(w->all_ids);
+    loom_serve_gpu_destroy(w->gpu);
     loom_model_destroy(w->m);
     loom_mpi_dist_destroy(w->dist);
     free(w);
@@ -200,6 +251,62 @@ static loom_status sample(loom_worker *w, const Loom__BatchPlan *plan, size_t *n
     return LOOM_OK;
 }
 
+/* One plan on the GPU backend: arrays from the plan, a step, and (sampler
+ * rank) the ids of the sequences that asked for one. */
+static loom_status gpu_step(loom_worker *w, const Loom__BatchPlan *plan, size_t *n_out, loom_err *err)
+{
+    *n_out = 0;
+    int64_t n = 0, S = (int64_t)plan->n_seqs;
+    if (S < 1 || S > w->n_slots) return loom_err_set(err, LOOM_EINTERNAL, "plan %llu has %lld sequences", (unsigned long long)plan->step, (long long)S);
+    w->seq_start[0] = 0;
+    for (int64_t i = 0; i < S; i++) {
+        const Loom__PlanSequence *ps = plan->seqs[i];
+        int64_t slot = (int64_t)ps->seq_id;
+        if (slot < 0 || slot >= w->n_slots || ps->n_token_ids < 1 || n + (int64_t)ps->n_token_ids > w->o.max_num_tokens ||
+            ps->n_positions != ps->n_token_ids)
+            return loom_err_set(err, LOOM_EINTERNAL, "plan %llu: bad sequence %lld", (unsigned long long)plan->step, (long long)i);
+        int64_t have = ps->start ? 0 : loom_serve_gpu_seq_len(w->gpu, slot);
+        if (ps->positions[0] != have)
+            return loom_err_set(err, LOOM_EINTERNAL, "plan %llu: slot %lld positions do not continue its cache (at %lld)", (unsigned long long)plan->step,
+                                (long long)slot, (long long)have);
+        for (size_t k = 0; k < ps->n_token_ids; k++)
+            if (ps->token_ids[k] < 0 || ps->token_ids[k] >= w->vocab) return loom_err_set(err, LOOM_EINTERNAL, "token id out of range");
+        memcpy(w->tokens + n, ps->token_ids, ps->n_token_ids * sizeof(int32_t));
+        n += (int64_t)ps->n_token_ids;
+        w->seq_start[i + 1] = n;
+        w->slots[i] = slot;
+        w->reset[i] = ps->start;
+        if (ps->start) {
+            const Loom__SamplingParams *sp = ps->sampling;
+            w->gsp[slot] = (loom_gpu_sample){.temperature = sp ? sp->temperature : 0.0f, .top_k = sp ? sp->top_k : 0,
+                                             .top_p = sp && sp->top_p > 0 ? sp->top_p : 1.0f,
+                                             .repetition_penalty = sp && sp->repetition_penalty > 0 ? sp->repetition_penalty : 1.0f,
+                                             .seed = sp ? sp->seed : 0};
+            w->hist_len[slot] = 0;
+        }
+        if (w->last_stage) {
+            if (w->hist_len[slot] + (int64_t)ps->n_token_ids > w->o.max_seq_len) return loom_err_set(err, LOOM_EINTERNAL, "history overflow");
+            memcpy(w->history[slot] + w->hist_len[slot], ps->token_ids, ps->n_token_ids * sizeof(int32_t));
+            w->hist_len[slot] += (int64_t)ps->n_token_ids;
+            w->hist_ptrs[i] = w->history[slot];
+            w->hist_lens[i] = w->hist_len[slot];
+        }
+    }
+    /* per-sequence sampling in batch order */
+    loom_gpu_sample sp_batch[S];
+    for (int64_t i = 0; i < S; i++) sp_batch[i] = w->gsp[w->slots[i]];
+    LOOM_CHECK(loom_serve_gpu_step(w->gpu, S, w->slots, w->seq_start, w->tokens, w->reset, sp_batch,
+                                   w->last_stage ? w->hist_ptrs : NULL, w->hist_lens, w->all_ids, err));
+    if (!w->sampler_rank) return LOOM_OK;
+    for (int64_t i = 0; i < S; i++) {
+        if (!plan->seqs[i]->sample) continue;
+        w->out_seq[*n_out] = plan->seqs[i]->seq_id;
+        w->out_ids[*n_out] = w->all_ids[i];
+        (*n_out)++;
+    }
+    return LOOM_OK;
+}
+
 static loom_status send_result(void *push, uint64_t step, int worker, const uint64_t *seqs, const int32_t *ids, size_t n,
                                const char *error, double ms, loom_err *err)
 {
@@ -260,9 +367,14 @@ loom_status loom_worker_serve(loom_worker *w, const char *plan_endpoint, const c
         loom_batch b;
         size_t n_out = 0;
         loom_err serr = {{0}};
-        loom_status fs = build_batch(w, plan, &b, &serr);
-        if (fs == LOOM_OK) fs = loom_model_forward_batch(w->m, &b, &serr);
-        if (fs == LOOM_OK && w->sampler_rank) fs = sample(w, plan, &n_out, &serr);
+        loom_status fs;
+        if (w->gpu) {
+            fs = gpu_step(w, plan, &n_out, &serr);
+        } else {
+            fs = build_batch(w, plan, &b, &serr);
+            if (fs == LOOM_OK) fs = loom_model_forward_batch(w->m, &b, &serr);
+            if (fs == LOOM_OK && w->sampler_rank) fs = sample(w, plan, &n_out, &serr);
+        }
         double ms = (now_s() - t0) * 1e3;
         if (fs != LOOM_OK) {
             /* Tell the coordinator, then stop: the other ranks cannot go on without this one. */

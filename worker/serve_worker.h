@@ -19,6 +19,7 @@ typedef struct loom_worker_opts {
     int64_t max_num_tokens;     /* tokens per step */
     int64_t max_seq_len;        /* positions per slot */
     int verbose;
+    int device_cuda;            /* run the partition on this node's GPUs (NCCL) */
 } loom_worker_opts;
 
 typedef struct loom_worker loom_worker;

@@ -300,6 +300,18 @@ def convert_then_serve():
         assert p.returncode == 1 and "intermediate_size = 150" in p.stderr and "1, 2" in p.stderr, p.stderr
 
 
+@case
+def device_cuda_needs_a_gpu():
+    """--device cuda on a machine without a GPU (CI) fails at start-up with a
+    message, every rank exiting non-zero; no hang."""
+    p = subprocess.run(["mpirun", "-n", "2", LOOM, "serve", "--model", STORIES, "--device", "cuda", "--listen",
+                        f"tcp://127.0.0.1:{free_port()}"], capture_output=True, text=True, env=ENV, timeout=120)
+    assert p.returncode != 0, p.stderr
+    assert "no CUDA device" in p.stderr or "built without CUDA" in p.stderr, p.stderr
+    p = subprocess.run([LOOM, "serve", "--model", STORIES, "--device", "tpu"], capture_output=True, text=True, env=ENV, timeout=60)
+    assert p.returncode == 2 and "--device must be cpu or cuda" in p.stderr, p.stderr
+
+
 def main():
     global LOOM, RAW
     if len(sys.argv) != 4 or sys.argv[3] not in CASES:
