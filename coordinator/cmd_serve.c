@@ -27,6 +27,8 @@ typedef struct serve_opts {
     int64_t *pp_layers;
     int verbose;
     int cuda;
+    float kv_fraction;
+    int64_t kv_tokens;
 } serve_opts;
 
 static void serve_usage(FILE *f)
@@ -48,11 +50,13 @@ static void serve_usage(FILE *f)
             "  --max-seq-len N         prompt + new tokens per request (default: max_position_embeddings)\n"
             "  --device cpu|cuda       where the workers compute (default cpu; cuda: one GPU per\n"
             "                          worker, NCCL between them, fp16)\n"
+            "  --kv-cache-free-gpu-mem-fraction F  (cuda) KV pool share of the memory free after weights (0.9)\n"
+            "  --max-tokens-in-paged-kv-cache N    (cuda) cap the KV pool at N tokens\n"
             "  --verbose               log requests and errors to stderr\n"
             "Query it with: loom client --endpoint ENDPOINT --prompt TEXT --max-new-tokens N\n");
 }
 
-enum { OPT_TP = 256, OPT_PP, OPT_PP_LAYERS, OPT_LISTEN, OPT_CONTROL, OPT_BATCH, OPT_TOKENS, OPT_SEQ, OPT_VERBOSE, OPT_DEVICE, OPT_HELP };
+enum { OPT_TP = 256, OPT_PP, OPT_PP_LAYERS, OPT_LISTEN, OPT_CONTROL, OPT_BATCH, OPT_TOKENS, OPT_SEQ, OPT_VERBOSE, OPT_DEVICE, OPT_KV_FRAC, OPT_KV_TOKENS, OPT_HELP };
 
 /* Returns 0, 2 (usage error, message in err) or -1 (--help). */
 static int parse_args(int argc, char **argv, serve_opts *o, loom_err *err)
@@ -69,6 +73,8 @@ static int parse_args(int argc, char **argv, serve_opts *o, loom_err *err)
         {"max-seq-len", required_argument, 0, OPT_SEQ},
         {"verbose", no_argument, 0, OPT_VERBOSE},
         {"device", required_argument, 0, OPT_DEVICE},
+        {"kv-cache-free-gpu-mem-fraction", required_argument, 0, OPT_KV_FRAC},
+        {"max-tokens-in-paged-kv-cache", required_argument, 0, OPT_KV_TOKENS},
         {"help", no_argument, 0, OPT_HELP},
         {0, 0, 0, 0},
     };
@@ -98,6 +104,12 @@ static int parse_args(int argc, char **argv, serve_opts *o, loom_err *err)
             if (!strcmp(optarg, "cuda")) o->cuda = 1;
             else if (strcmp(optarg, "cpu")) st = loom_err_set(err, LOOM_EINVAL, "--device must be cpu or cuda (got %s)", optarg);
             break;
+        case OPT_KV_FRAC:
+            st = loom_parse_f32(optarg, "--kv-cache-free-gpu-mem-fraction", &o->kv_fraction, err);
+            if (st == LOOM_OK && !(o->kv_fraction > 0 && o->kv_fraction <= 1))
+                st = loom_err_set(err, LOOM_EINVAL, "--kv-cache-free-gpu-mem-fraction must be in (0, 1]");
+            break;
+        case OPT_KV_TOKENS: st = loom_parse_i64(optarg, 1, INT32_MAX, "--max-tokens-in-paged-kv-cache", &o->kv_tokens, err); break;
         case OPT_HELP: return -1;
         case ':': st = loom_err_set(err, LOOM_EINVAL, "option %s needs a value", argv[optind - 1]); break;
         default: st = loom_err_set(err, LOOM_EINVAL, "unknown option %s", argv[optind - 1]); break;
@@ -222,7 +234,7 @@ static int run_worker(const serve_opts *o, MPI_Comm workers, int64_t max_seq)
     loom_err err = {{0}};
     loom_worker_opts wo = {.model_dir = o->model, .tp = (int)o->tp, .pp = (int)o->pp, .pp_layers = o->pp_layers,
                            .max_batch_size = o->max_batch, .max_num_tokens = o->max_tokens, .max_seq_len = max_seq, .verbose = o->verbose,
-                           .device_cuda = o->cuda};
+                           .device_cuda = o->cuda, .kv_free_fraction = o->kv_fraction, .max_kv_tokens = o->kv_tokens};
     loom_worker *w = loom_worker_create(workers, &wo, &err);
     int rank;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);

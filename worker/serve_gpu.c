@@ -14,7 +14,7 @@ struct loom_serve_gpu {
 
 loom_serve_gpu *loom_serve_gpu_create(MPI_Comm workers, MPI_Comm tp_comm, MPI_Comm pp_comm, const char *model_dir,
                                       const loom_shard *shard, int64_t max_batch, int64_t max_tokens, int64_t max_seq_len,
-                                      loom_err *err)
+                                      double kv_free_fraction, int64_t max_kv_tokens, loom_err *err)
 {
     loom_serve_gpu *g = calloc(1, sizeof *g);
     if (!g) {
@@ -40,13 +40,15 @@ loom_serve_gpu *loom_serve_gpu_create(MPI_Comm workers, MPI_Comm tp_comm, MPI_Co
     o.max_seqs = max_batch;
     o.max_tokens = max_tokens;
     o.max_seq_len = max_seq_len;
+    if (kv_free_fraction > 0) o.kv_free_fraction = kv_free_fraction;
+    o.max_kv_tokens = max_kv_tokens;
     g->m = loom_gpu_model_load_part(model_dir, &o, shard, loom_nccl_hooks(g->nccl), err);
     if (!g->m) goto fail;
     loom_gpu_mem mem = loom_gpu_model_mem(g->m);
     fprintf(stderr,
-            "loom worker %d on GPU %d (stage %d, tp %d): weights %.2f GiB, KV pool %.2f GiB (%lld tokens), workspace %.2f GiB, free %.2f GiB\n",
-            rank, local % n_dev, shard->pp_rank, shard->tp_rank, (double)mem.weights / (1 << 30), (double)mem.kv / (1 << 30),
-            (long long)mem.kv_tokens, (double)mem.workspace / (1 << 30), (double)mem.free_after / (1 << 30));
+            "loom worker %d on GPU %d (stage %d, tp %d): weights %.1f MiB, KV pool %.2f GiB (%lld tokens), workspace %.1f MiB, free %.2f GiB\n",
+            rank, local % n_dev, shard->pp_rank, shard->tp_rank, (double)mem.weights / (1 << 20), (double)mem.kv / (1 << 30),
+            (long long)mem.kv_tokens, (double)mem.workspace / (1 << 20), (double)mem.free_after / (1 << 30));
     return g;
 fail:
     loom_serve_gpu_destroy(g);

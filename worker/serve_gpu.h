@@ -19,7 +19,7 @@ typedef struct loom_serve_gpu loom_serve_gpu;
  * them). max_*: as the worker's options. Prints the rank's memory line. */
 loom_serve_gpu *loom_serve_gpu_create(MPI_Comm workers, MPI_Comm tp_comm, MPI_Comm pp_comm, const char *model_dir,
                                       const loom_shard *shard, int64_t max_batch, int64_t max_tokens, int64_t max_seq_len,
-                                      loom_err *err);
+                                      double kv_free_fraction, int64_t max_kv_tokens, loom_err *err);
 
 /* Frees; accepts NULL. */
 void loom_serve_gpu_destroy(loom_serve_gpu *g);

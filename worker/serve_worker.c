@@ -76,7 +76,7 @@ loom_worker *loom_worker_create(MPI_Comm workers, const loom_worker_opts *o, loo
     if (st != LOOM_OK) goto fail;
     if (o->device_cuda) {
         w->gpu = loom_serve_gpu_create(workers, loom_mpi_dist_tp_comm(w->dist), loom_mpi_dist_pp_comm(w->dist), o->model_dir, &sh,
-                                       o->max_batch_size, o->max_num_tokens, o->max_seq_len, err);
+                                       o->max_batch_size, o->max_num_tokens, o->max_seq_len, o->kv_free_fraction, o->max_kv_tokens, err);
         if (!w->gpu) goto fail;
         w->sampler_rank = sh.pp_rank == o->pp - 1 && sh.tp_rank == 0;
         w->last_stage = sh.pp_rank == o->pp - 1;

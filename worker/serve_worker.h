@@ -20,6 +20,8 @@ typedef struct loom_worker_opts {
     int64_t max_seq_len;        /* positions per slot */
     int verbose;
     int device_cuda;            /* run the partition on this node's GPUs (NCCL) */
+    double kv_free_fraction;    /* GPU: KV pool share of the memory free after weights (0 = 0.9) */
+    int64_t max_kv_tokens;      /* GPU: cap on the pool (0 = none) */
 } loom_worker_opts;
 
 typedef struct loom_worker loom_worker;
