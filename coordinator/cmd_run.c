@@ -11,6 +11,7 @@
 #include "../util/fileutil.h"
 #include "../util/parse.h"
 #include "../worker/generate.h"
+#include "../worker/run_gpu.h"
 #include "commands.h"
 #include "tokenizer/tokenizer.h"
 
@@ -29,7 +30,7 @@ typedef struct run_opts {
     int n_stop_ids;
     int64_t max_seq_len;   /* 0 = max_position_embeddings */
     int64_t prefill_chunk;
-    bool json, verbose, ignore_eos;
+    bool json, verbose, ignore_eos, cuda;
 } run_opts;
 
 static void run_usage(FILE *f)
@@ -53,11 +54,12 @@ static void run_usage(FILE *f)
             "  --max-seq-len N          prompt + new tokens limit (default: max_position_embeddings)\n"
             "  --prefill-chunk N        tokens per prefill forward (default 256)\n"
             "  --json                   print one line {\"prompt_ids\":[...],\"output_ids\":[...],\"text\":\"...\"}\n"
+            "  --device cpu|cuda        where to compute (default cpu, fp32; cuda: one GPU, fp16)\n"
             "  --verbose                print memory and speed to stderr\n");
 }
 
 enum { OPT_PROMPT_IDS = 256, OPT_MAX_NEW, OPT_TEMP, OPT_TOPK, OPT_TOPP, OPT_REP, OPT_SEED, OPT_STOP,
-       OPT_STOP_ID, OPT_MAX_SEQ, OPT_CHUNK, OPT_JSON, OPT_VERBOSE, OPT_IGNORE_EOS, OPT_HELP };
+       OPT_STOP_ID, OPT_MAX_SEQ, OPT_CHUNK, OPT_JSON, OPT_VERBOSE, OPT_IGNORE_EOS, OPT_DEVICE, OPT_HELP };
 
 /* Returns 0 on success, 2 on a usage error (message printed), -1 for --help. */
 static int parse_args(int argc, char **argv, run_opts *o)
@@ -78,6 +80,7 @@ static int parse_args(int argc, char **argv, run_opts *o)
         {"prefill-chunk", required_argument, 0, OPT_CHUNK},
         {"json", no_argument, 0, OPT_JSON},
         {"verbose", no_argument, 0, OPT_VERBOSE},
+        {"device", required_argument, 0, OPT_DEVICE},
         {"ignore-eos", no_argument, 0, OPT_IGNORE_EOS},
         {"help", no_argument, 0, OPT_HELP},
         {0, 0, 0, 0},
@@ -122,6 +125,10 @@ static int parse_args(int argc, char **argv, run_opts *o)
         case OPT_CHUNK: st = loom_parse_i64(optarg, 1, 1 << 16, "--prefill-chunk", &o->prefill_chunk, &err); break;
         case OPT_JSON: o->json = true; break;
         case OPT_VERBOSE: o->verbose = true; break;
+        case OPT_DEVICE:
+            if (!strcmp(optarg, "cuda")) o->cuda = true;
+            else if (strcmp(optarg, "cpu")) st = loom_err_set(&err, LOOM_EINVAL, "--device must be cpu or cuda (got %s)", optarg);
+            break;
         case OPT_IGNORE_EOS: o->ignore_eos = true; break;
         case OPT_HELP: return -1;
         case ':':
@@ -303,8 +310,7 @@ int loom_cmd_run(int argc, char **argv)
                      (long long)o.max_new_tokens, (long long)max_seq, o.max_seq_len ? "--max-seq-len" : "max_position_embeddings; raise it with --max-seq-len");
         goto fail;
     }
-    kv = loom_model_kv_create(m, (int64_t)n_prompt + o.max_new_tokens, &err);
-    if (!kv) goto fail;
+    if (!o.cuda && !(kv = loom_model_kv_create(m, (int64_t)n_prompt + o.max_new_tokens, &err))) goto fail;
     out = malloc((size_t)o.max_new_tokens * sizeof *out);
     if (!out) {
         loom_err_set(&err, LOOM_ENOMEM, "out of memory");
@@ -319,7 +325,7 @@ int loom_cmd_run(int argc, char **argv)
     }
     for (int i = 0; i < o.n_stops; i++)
         if (strlen(o.stops[i]) - 1 > sc.hold) sc.hold = strlen(o.stops[i]) - 1;
-    if (o.verbose) {
+    if (o.verbose && !o.cuda) {
         fprintf(stderr, "loom run: %s, %lld layers, hidden %lld, vocab %lld; weights %.2f MiB (%s), KV cache %.2f MiB (%lld positions), activations %.2f MiB\n",
                 m->cfg.arch_name, (long long)m->cfg.n_layers, (long long)m->cfg.hidden_size, (long long)m->cfg.vocab_size,
                 (double)loom_st_data_bytes(m->st) / 1048576.0, m->cfg.dtype_name[0] ? m->cfg.dtype_name : "?",
@@ -332,7 +338,9 @@ int loom_cmd_run(int argc, char **argv)
     int64_t n_out = 0;
     loom_finish fin;
     loom_gen_stats gs;
-    if (loom_generate(m, kv, prompt, (int64_t)n_prompt, &gp, on_token, &sc, out, &n_out, &fin, &gs, &err) != LOOM_OK) goto fail;
+    loom_status gst = o.cuda ? loom_run_gpu(o.model, prompt, (int64_t)n_prompt, &gp, on_token, &sc, out, &n_out, &fin, &gs, &err)
+                             : loom_generate(m, kv, prompt, (int64_t)n_prompt, &gp, on_token, &sc, out, &n_out, &fin, &gs, &err);
+    if (gst != LOOM_OK) goto fail;
     if (sc.st != LOOM_OK) goto fail;
     if (sc.detok && !sc.stopped) {
         const char *piece;

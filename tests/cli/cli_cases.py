@@ -173,6 +173,18 @@ def help_texts():
     expect_error(run("frobnicate"), "unknown command", usage=True)
 
 
+@case
+def device_flag():
+    # CI has no GPU: --device cuda fails with a message (or the build has no CUDA)
+    p = run("run", "--model", STORIES, "--prompt-ids", "1", "--max-new-tokens", "20", "--device", "cuda", "--json")
+    if p.returncode == 0:  # a GPU machine: the GPU must reproduce llama2.c's tokens
+        exp = json.load(open(os.path.join(STORIES, "expected_greedy.json")))["output_ids"]
+        assert json.loads(p.stdout)["output_ids"] == exp[:20], p.stdout
+    else:
+        expect_error(p, "CUDA")
+    expect_error(run("run", "--model", STORIES, "--prompt-ids", "1", "--max-new-tokens", "3", "--device", "tpu"), "--device", usage=True)
+
+
 # --- bad input ----------------------------------------------------------------
 
 @case

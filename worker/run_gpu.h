@@ -1,0 +1,14 @@
+/* One-shot generation on one GPU for `loom run --device cuda`: the same
+ * contract as loom_generate (worker/generate.h), with the model loaded from
+ * dir onto the current device and sampling on the GPU. In a build without
+ * CUDA it fails with a message. */
+#ifndef LOOM_WORKER_RUN_GPU_H
+#define LOOM_WORKER_RUN_GPU_H
+
+#include "generate.h"
+
+/* vocab_size and eos ids come from dir's config. */
+loom_status loom_run_gpu(const char *dir, const int32_t *prompt, int64_t n_prompt, const loom_gen_params *p, loom_token_cb cb,
+                         void *cb_ctx, int32_t *out, int64_t *n_out, loom_finish *finish, loom_gen_stats *stats, loom_err *err);
+
+#endif
