@@ -13,9 +13,10 @@
 #include "../worker/generate.h"
 #include "../worker/run_gpu.h"
 #include "commands.h"
+#include "textstream.h"
 #include "tokenizer/tokenizer.h"
 
-#define MAX_STOPS 16
+#define MAX_STOPS LOOM_MAX_STOP_STRINGS
 
 typedef struct run_opts {
     const char *model;
@@ -160,78 +161,32 @@ static int parse_args(int argc, char **argv, run_opts *o)
     return 0;
 }
 
-/* Streaming state: the text decoded so far, what of it is printed, and the
- * stop strings (text that could still begin a stop string is held back). */
+/* Streaming: the text side (detokenizer, stop strings, hold-back) lives in
+ * textstream.c, shared with the server; this prints what is ready. */
 typedef struct stream_ctx {
-    loom_detok *detok;
-    char *text;
-    size_t len, cap, printed;
-    const run_opts *o;
-    size_t hold;     /* longest stop string - 1 */
-    bool stopped;    /* a stop string was found; text truncated before it */
+    loom_textstream ts;
+    bool json;
     loom_status st;
     loom_err *err;
 } stream_ctx;
 
-static bool append(stream_ctx *s, const char *p, size_t n)
-{
-    if (s->len + n + 1 > s->cap) {
-        size_t cap = s->cap ? s->cap : 256;
-        while (cap < s->len + n + 1) cap *= 2;
-        char *t = realloc(s->text, cap);
-        if (!t) return false;
-        s->text = t;
-        s->cap = cap;
-    }
-    memcpy(s->text + s->len, p, n);
-    s->len += n;
-    s->text[s->len] = '\0';
-    return true;
-}
-
-/* Truncates at the first stop string that ends in the new bytes. */
-static void find_stop(stream_ctx *s, size_t new_from)
-{
-    for (int i = 0; i < s->o->n_stops; i++) {
-        size_t sl = strlen(s->o->stops[i]);
-        size_t from = new_from >= sl ? new_from - sl + 1 : 0;
-        char *hit = s->len >= sl ? memmem(s->text + from, s->len - from, s->o->stops[i], sl) : NULL;
-        if (hit && (size_t)(hit - s->text) < s->len) {
-            s->len = (size_t)(hit - s->text);
-            s->text[s->len] = '\0';
-            s->stopped = true;
-        }
-    }
-}
-
 static void print_ready(stream_ctx *s, bool final)
 {
-    if (s->o->json) return;
-    size_t upto = s->len;
-    if (!final && !s->stopped) upto = s->len > s->hold ? s->len - s->hold : 0;
-    if (upto > s->printed) {
-        fwrite(s->text + s->printed, 1, upto - s->printed, stdout);
-        fflush(stdout);
-        s->printed = upto;
-    }
+    const char *piece;
+    size_t n;
+    loom_textstream_take(&s->ts, final, &piece, &n);
+    if (s->json || !n) return;
+    fwrite(piece, 1, n, stdout);
+    fflush(stdout);
 }
 
 static bool on_token(void *ctx, int32_t id)
 {
     stream_ctx *s = ctx;
-    if (!s->detok) return true;
-    const char *piece;
-    size_t n;
-    s->st = loom_detok_push(s->detok, id, &piece, &n, s->err);
+    s->st = loom_textstream_push(&s->ts, id, s->err);
     if (s->st != LOOM_OK) return false;
-    size_t before = s->len;
-    if (!append(s, piece, n)) {
-        s->st = loom_err_set(s->err, LOOM_ENOMEM, "out of memory");
-        return false;
-    }
-    find_stop(s, before);
     print_ready(s, false);
-    return !s->stopped;
+    return !s->ts.stopped;
 }
 
 static void print_json(const int32_t *prompt, size_t n_prompt, const int32_t *out, int64_t n_out, const char *text, size_t len)
@@ -271,7 +226,7 @@ int loom_cmd_run(int argc, char **argv)
     loom_kv_cache *kv = NULL;
     int32_t *prompt = NULL, *out = NULL;
     size_t n_prompt = 0;
-    stream_ctx sc = {.o = &o, .err = &err};
+    stream_ctx sc = {.json = o.json, .err = &err};
     rc = 1;
 
     m = loom_model_load(o.model, loom_ops_cpu(), NULL, NULL, o.prefill_chunk, 1, &err);
@@ -316,15 +271,7 @@ int loom_cmd_run(int argc, char **argv)
         loom_err_set(&err, LOOM_ENOMEM, "out of memory");
         goto fail;
     }
-    if (tok) {
-        sc.detok = loom_detok_create(tok, true);
-        if (!sc.detok) {
-            loom_err_set(&err, LOOM_ENOMEM, "out of memory");
-            goto fail;
-        }
-    }
-    for (int i = 0; i < o.n_stops; i++)
-        if (strlen(o.stops[i]) - 1 > sc.hold) sc.hold = strlen(o.stops[i]) - 1;
+    if (loom_textstream_init(&sc.ts, tok, o.stops, o.n_stops, &err) != LOOM_OK) goto fail;
     if (o.verbose && !o.cuda) {
         fprintf(stderr, "loom run: %s, %lld layers, hidden %lld, vocab %lld; weights %.2f MiB (%s), KV cache %.2f MiB (%lld positions), activations %.2f MiB\n",
                 m->cfg.arch_name, (long long)m->cfg.n_layers, (long long)m->cfg.hidden_size, (long long)m->cfg.vocab_size,
@@ -342,19 +289,9 @@ int loom_cmd_run(int argc, char **argv)
                              : loom_generate(m, kv, prompt, (int64_t)n_prompt, &gp, on_token, &sc, out, &n_out, &fin, &gs, &err);
     if (gst != LOOM_OK) goto fail;
     if (sc.st != LOOM_OK) goto fail;
-    if (sc.detok && !sc.stopped) {
-        const char *piece;
-        size_t n;
-        if (loom_detok_flush(sc.detok, &piece, &n, &err) != LOOM_OK) goto fail;
-        size_t before = sc.len;
-        if (!append(&sc, piece, n)) {
-            loom_err_set(&err, LOOM_ENOMEM, "out of memory");
-            goto fail;
-        }
-        find_stop(&sc, before);
-    }
+    if (loom_textstream_finish(&sc.ts, &err) != LOOM_OK) goto fail;
     if (o.json) {
-        print_json(prompt, n_prompt, out, n_out, sc.text, sc.len);
+        print_json(prompt, n_prompt, out, n_out, sc.ts.text, sc.ts.len);
     } else if (tok) {
         print_ready(&sc, true);
         printf("\n");
@@ -373,8 +310,7 @@ fail:
     fflush(stdout);
     fprintf(stderr, "loom run: %s\n", err.msg);
 done:
-    free(sc.text);
-    loom_detok_destroy(sc.detok);
+    loom_textstream_free(&sc.ts);
     free(out);
     free(prompt);
     loom_kv_cache_destroy(kv);
