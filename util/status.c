@@ -26,7 +26,11 @@ loom_status loom_err_wrap(loom_err *err, loom_status code, const char *fmt, ...)
     va_end(ap);
     memcpy(old, err->msg, sizeof old);
     old[sizeof old - 1] = '\0';
-    snprintf(err->msg, sizeof err->msg, "%s: %s", prefix, old);
+    /* "prefix: old", cut to the buffer (built by hand: both parts may be long) */
+    size_t n = 0, cap = sizeof err->msg - 1;
+    for (const char *parts[] = {prefix, ": ", old}, **p = parts; p < parts + 3; p++)
+        for (const char *c = *p; *c && n < cap; c++) err->msg[n++] = *c;
+    err->msg[n] = '\0';
     return code;
 }
 
