@@ -27,6 +27,7 @@ typedef struct serve_opts {
     int64_t *pp_layers;
     int verbose;
     int cuda;
+    int static_batching;
     float kv_fraction;
     int64_t kv_tokens;
 } serve_opts;
@@ -45,7 +46,10 @@ static void serve_usage(FILE *f)
             "                          address such as tcp://0.0.0.0:5555 must be asked for)\n"
             "  --control-host HOST     address workers use to reach rank 0 (default: 127.0.0.1 on\n"
             "                          one node, else rank 0's hostname)\n"
-            "  --max-batch-size N      requests batched together (default 8)\n"
+            "  --max-batch-size N      sequences in flight at once (default 8)\n"
+            "  --scheduler inflight|static  in-flight batching (default): a finished sequence's slot\n"
+            "                          takes a waiting request at the next step; static: a batch\n"
+            "                          starts when the previous one has ended\n"
             "  --max-num-tokens N      tokens per step; longer prompts are fed in chunks (default 512)\n"
             "  --max-seq-len N         prompt + new tokens per request (default: max_position_embeddings)\n"
             "  --device cpu|cuda       where the workers compute (default cpu; cuda: one GPU per\n"
@@ -56,7 +60,7 @@ static void serve_usage(FILE *f)
             "Query it with: loom client --endpoint ENDPOINT --prompt TEXT --max-new-tokens N\n");
 }
 
-enum { OPT_TP = 256, OPT_PP, OPT_PP_LAYERS, OPT_LISTEN, OPT_CONTROL, OPT_BATCH, OPT_TOKENS, OPT_SEQ, OPT_VERBOSE, OPT_DEVICE, OPT_KV_FRAC, OPT_KV_TOKENS, OPT_HELP };
+enum { OPT_TP = 256, OPT_PP, OPT_PP_LAYERS, OPT_LISTEN, OPT_CONTROL, OPT_BATCH, OPT_TOKENS, OPT_SEQ, OPT_VERBOSE, OPT_DEVICE, OPT_KV_FRAC, OPT_KV_TOKENS, OPT_SCHED, OPT_HELP };
 
 /* Returns 0, 2 (usage error, message in err) or -1 (--help). */
 static int parse_args(int argc, char **argv, serve_opts *o, loom_err *err)
@@ -73,6 +77,7 @@ static int parse_args(int argc, char **argv, serve_opts *o, loom_err *err)
         {"max-seq-len", required_argument, 0, OPT_SEQ},
         {"verbose", no_argument, 0, OPT_VERBOSE},
         {"device", required_argument, 0, OPT_DEVICE},
+        {"scheduler", required_argument, 0, OPT_SCHED},
         {"kv-cache-free-gpu-mem-fraction", required_argument, 0, OPT_KV_FRAC},
         {"max-tokens-in-paged-kv-cache", required_argument, 0, OPT_KV_TOKENS},
         {"help", no_argument, 0, OPT_HELP},
@@ -108,6 +113,10 @@ static int parse_args(int argc, char **argv, serve_opts *o, loom_err *err)
             st = loom_parse_f32(optarg, "--kv-cache-free-gpu-mem-fraction", &o->kv_fraction, err);
             if (st == LOOM_OK && !(o->kv_fraction > 0 && o->kv_fraction <= 1))
                 st = loom_err_set(err, LOOM_EINVAL, "--kv-cache-free-gpu-mem-fraction must be in (0, 1]");
+            break;
+        case OPT_SCHED:
+            if (!strcmp(optarg, "static")) o->static_batching = 1;
+            else if (strcmp(optarg, "inflight")) st = loom_err_set(err, LOOM_EINVAL, "--scheduler must be inflight or static (got %s)", optarg);
             break;
         case OPT_KV_TOKENS: st = loom_parse_i64(optarg, 1, INT32_MAX, "--max-tokens-in-paged-kv-cache", &o->kv_tokens, err); break;
         case OPT_HELP: return -1;
@@ -190,7 +199,8 @@ static int run_coordinator(const serve_opts *o, int n_workers, int64_t max_seq, 
 {
     loom_err err = {{0}};
     loom_server_opts so = {.model_dir = o->model, .listen = o->listen, .control_host = host, .tp = (int)o->tp, .pp = (int)o->pp,
-                           .max_batch_size = o->max_batch, .max_num_tokens = o->max_tokens, .max_seq_len = max_seq, .verbose = o->verbose};
+                           .max_batch_size = o->max_batch, .max_num_tokens = o->max_tokens, .max_seq_len = max_seq, .verbose = o->verbose,
+                           .static_batching = o->static_batching};
     loom_server_install_signals();
     loom_server *s = loom_server_create(&so, n_workers, &err);
     if (!s) fprintf(stderr, "loom serve: coordinator: %s\n", err.msg);

@@ -429,6 +429,39 @@ static void start_batch(loom_server *s)
     s->n_waiting -= n;
 }
 
+/* In-flight batching: slots whose request ended (and whose micro-batch has no
+ * plan in flight that still names them) are freed, then waiting requests take
+ * free slots; slot i always belongs to micro-batch i % pp. */
+static void admit_inflight(loom_server *s)
+{
+    for (int m = 0; m < s->n_mbs; m++) {
+        micro_batch *mb = &s->mbs[m];
+        if (mb->inflight) continue;
+        int64_t k = 0;
+        for (int64_t i = 0; i < mb->n; i++) {
+            loom_req *r = mb->reqs[i];
+            if (r->state == REQ_DONE) {
+                s->batch[r->slot] = NULL;
+                req_free(r);
+            } else {
+                mb->reqs[k++] = r;
+            }
+        }
+        mb->n = k;
+    }
+    for (int64_t slot = 0; slot < s->n_batch && s->n_waiting > 0; slot++) {
+        if (s->batch[slot]) continue;
+        loom_req *r = s->waiting[0];
+        memmove(s->waiting, s->waiting + 1, (size_t)(s->n_waiting - 1) * sizeof *s->waiting);
+        s->n_waiting--;
+        r->slot = slot;
+        r->state = REQ_RUNNING;
+        s->batch[slot] = r;
+        micro_batch *mb = &s->mbs[slot % s->n_mbs];
+        mb->reqs[mb->n++] = r;
+    }
+}
+
 /* Builds and publishes the next plan of a micro-batch: decode tokens first,
  * then prompt chunks in the room left under max_num_tokens. */
 static loom_status publish_plan(loom_server *s, micro_batch *mb, loom_err *err)
@@ -637,6 +670,10 @@ loom_server *loom_server_create(const loom_server_opts *o, int n_workers, loom_e
     if (bind_ephemeral(s, s->pub, s->plan_ep, sizeof s->plan_ep, err) != LOOM_OK ||
         bind_ephemeral(s, s->pull, s->result_ep, sizeof s->result_ep, err) != LOOM_OK)
         goto fail;
+    if (!o->static_batching) { /* every slot, and one micro-batch per stage, from the start */
+        s->n_batch = B;
+        s->n_mbs = o->pp;
+    }
     s->t_start = s->rate_t = now_s();
     return s;
 oom:
@@ -696,7 +733,11 @@ loom_status loom_server_run(loom_server *s, loom_err *err)
     fprintf(stderr, "loom serve: %d workers ready (tp %d, pp %d); listening on %s\n", s->n_workers, s->o.tp, s->o.pp, s->o.listen);
     loom_status st = LOOM_OK;
     while (!g_stop) {
-        if (!batch_active(s) && s->n_waiting > 0) start_batch(s);
+        if (s->o.static_batching) {
+            if (!batch_active(s) && s->n_waiting > 0) start_batch(s);
+        } else {
+            admit_inflight(s);
+        }
         for (int i = 0; i < s->n_mbs && st == LOOM_OK; i++)
             if (!s->mbs[i].inflight) st = publish_plan(s, &s->mbs[i], err);
         if (st != LOOM_OK) break;

@@ -2,7 +2,10 @@
  * a PUB for BatchPlans and a PULL for StepResults; it tokenizes, validates,
  * batches (static batching: up to max_batch_size requests start together,
  * split into PP micro-batches that are in flight at once), detokenizes and
- * streams, and gives every request exactly one terminal chunk. */
+ * streams, and gives every request exactly one terminal chunk. Scheduling is
+ * in-flight (a finished sequence's slot takes the next waiting request at the
+ * next step, new prompts are fed in chunks beside running decodes) or, with
+ * static_batching, one batch at a time. */
 #ifndef LOOM_COORDINATOR_SERVER_H
 #define LOOM_COORDINATOR_SERVER_H
 
@@ -19,6 +22,7 @@ typedef struct loom_server_opts {
     int64_t max_num_tokens;     /* tokens per step (prompt chunks are cut to fit) */
     int64_t max_seq_len;        /* prompt + new tokens */
     int verbose;
+    int static_batching;        /* 1: --scheduler static (a batch starts when the last ends) */
 } loom_server_opts;
 
 typedef struct loom_server loom_server;
