@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""End-to-end test of loom-serve-bench against a real cluster (CPU, stories260K):
+    servebench_cases.py LOOM SERVE_BENCH
+Runs the benchmark against `loom serve` with the in-flight and the static
+scheduler (40 requests at 50 req/s, mixed lengths): every request completes,
+the JSON report is complete and sane. Then bad flags exit 2 and an unreachable
+endpoint exits 1 within its --timeout. The cluster pattern is copied from
+tests/e2e/serve_cases.py (not imported: the suites stay independent)."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+STORIES = os.path.join(HERE, "..", "data", "stories260K")
+ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+           OMPI_MCA_rmaps_base_oversubscribe="1", OMPI_MCA_btl="self,vader", OMPI_MCA_pml="ob1",
+           OMP_NUM_THREADS="1", OMPI_MCA_mca_base_component_disable_dlclose="1",
+           OMPI_MCA_odls_base_sigkill_timeout="3")
+ENV["ASAN_OPTIONS"] = "detect_leaks=1:fast_unwind_on_malloc=0"
+ENV["LSAN_OPTIONS"] = "suppressions=" + os.path.join(HERE, "..", "dist", "lsan.supp")
+LOOM, BENCH = sys.argv[1], sys.argv[2]
+TMP = tempfile.mkdtemp(prefix="loom-servebench-")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Cluster:
+    """mpirun -n 2 loom serve (one coordinator, one worker), waited on until healthy; stopped with SIGTERM."""
+
+    def __init__(self, extra=()):
+        self.endpoint = f"tcp://127.0.0.1:{free_port()}"
+        self.log = open(os.path.join(TMP, f"serve-{time.time_ns()}.log"), "w+")
+        self.proc = subprocess.Popen(["mpirun", "-n", "2", LOOM, "serve", "--model", STORIES, "--tp", "1", "--pp", "1",
+                                      "--listen", self.endpoint, *extra], stdout=self.log, stderr=subprocess.STDOUT,
+                                     env=ENV, start_new_session=True)
+        try:
+            p = subprocess.run([LOOM, "client", "--endpoint", self.endpoint, "--health", "--wait", "60"],
+                               capture_output=True, text=True, timeout=90, env=ENV)
+        except subprocess.TimeoutExpired:
+            p = None
+        if p is None or p.returncode != 0:
+            self.stop()
+            raise AssertionError(f"cluster did not become healthy: {p and p.stderr}\n{self.output()}")
+
+    def output(self):
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self, timeout=20):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+                raise AssertionError(f"mpirun did not exit within {timeout} s of SIGTERM\n{self.output()}")
+        return self.proc.returncode
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+        out = self.output()
+        for bad in ("AddressSanitizer", "LeakSanitizer", "runtime error:", "exited on signal", "MPI_ABORT"):
+            assert bad not in out, out
+
+
+def bench(*args, timeout=240):
+    t = time.monotonic()
+    p = subprocess.run([BENCH, *args], capture_output=True, text=True, timeout=timeout, env=ENV)
+    return p, time.monotonic() - t
+
+
+def check_report(r, n):
+    assert r["completed"] == n and r["failed"] == 0, (r["completed"], r["failed"], r["errors"])
+    assert r["errors"] == {} and r["extra_terminal_chunks"] == 0 and r["timed_out"] == 0, r
+    assert r["unattributed_errors"] == 0 and not r["connection_lost"], r
+    assert r["duration_s"] > 0 and r["requests_per_s"] > 0 and r["output_tokens_per_s"] > 0, r
+    assert 0 < r["output_tokens"] <= r["requested_output_tokens"], r
+    assert r["usage_mismatch"] == 0, r
+    for key in ("ttft_ms", "itl_ms", "e2e_ms", "tpot_ms"):
+        d = r[key]
+        assert 0 <= d["p50"] <= d["p90"] <= d["p99"] <= d["max"], (key, d)
+        assert d["count"] > 0, (key, d)
+    assert r["ttft_ms"]["count"] == n, r["ttft_ms"]
+    assert r["ttft_ms"]["p50"] <= r["e2e_ms"]["p50"] and r["ttft_ms"]["max"] <= r["e2e_ms"]["max"] + 1e-6, r
+    s = r["server"]
+    assert s["samples"] > 0 and s["peak_running"] >= 1, s
+    assert 0 < s["peak_kv_used_fraction"] <= 1, s
+    assert len(r["requests"]) == n
+    for q in r["requests"]:
+        assert 1 <= q["input_len"] <= 20 and 5 <= q["output_len"] <= 60, q
+        assert 1 <= q["produced"] <= q["output_len"], q
+        assert q["finish"] in ("length", "eos"), q
+
+
+def run_load(scheduler):
+    out = os.path.join(TMP, f"{scheduler}.json")
+    args = ["--num-requests", "40", "--rate", "50", "--input-len-range", "1,20", "--output-len-range", "5,60",
+            "--seed", "7", "--timeout", "200", "--json", out]
+    with Cluster(["--scheduler", scheduler]) as c:
+        p, _ = bench("--endpoint", c.endpoint, *args)
+        assert p.returncode == 0, f"{scheduler}: exit {p.returncode}\n{p.stdout}\n{p.stderr}\n{c.output()}"
+    print(f"--- scheduler {scheduler}\n{p.stdout}")
+    r = json.load(open(out))
+    check_report(r, 40)
+    return r
+
+
+def main():
+    inflight = run_load("inflight")
+    static = run_load("static")
+    # the same seed sends the same requests to both
+    assert [(q["input_len"], q["output_len"]) for q in inflight["requests"]] == \
+           [(q["input_len"], q["output_len"]) for q in static["requests"]]
+    print("output tokens/s: inflight %.1f, static %.1f" % (inflight["output_tokens_per_s"], static["output_tokens_per_s"]))
+
+    ep = "tcp://127.0.0.1:1"
+    bad = [[], ["--num-requests", "5"], ["--endpoint", ep], ["--endpoint", ep, "--num-requests", "0"],
+           ["--endpoint", ep, "--num-requests", "x"], ["--endpoint", ep, "--num-requests", "5", "--rate", "-1"],
+           ["--endpoint", ep, "--num-requests", "5", "--input-len-range", "5,2"],
+           ["--endpoint", ep, "--num-requests", "5", "--input-len-range", "5"],
+           ["--endpoint", ep, "--num-requests", "5", "--input-len", "3", "--input-len-range", "1,2"],
+           ["--endpoint", ep, "--num-requests", "5", "--output-len", "0"],
+           ["--endpoint", ep, "--num-requests", "5", "--vocab", "3"],
+           ["--endpoint", ep, "--num-requests", "5", "--lengths", os.path.join(TMP, "missing.json")],
+           ["--endpoint", ep, "--num-requests", "5", "--bogus", "1"],
+           ["--endpoint", ep, "--num-requests", "5", "--timeout"]]
+    bad_pairs = os.path.join(TMP, "bad_pairs.json")
+    with open(bad_pairs, "w") as f:
+        json.dump([[3, 4], [0, 2]], f)
+    bad.append(["--endpoint", ep, "--lengths", bad_pairs])
+    for args in bad:
+        p, _ = bench(*args, timeout=30)
+        assert p.returncode == 2, f"{args}: exit {p.returncode}, want 2\n{p.stderr}"
+        assert p.stderr.startswith("loom-serve-bench: "), (args, p.stderr)
+    print(f"{len(bad)} bad flag sets exit 2")
+
+    p, dt = bench("--endpoint", f"tcp://127.0.0.1:{free_port()}", "--num-requests", "5", "--timeout", "3", timeout=30)
+    assert p.returncode == 1 and "cannot reach" in p.stderr, (p.returncode, p.stderr)
+    assert dt < 3 + 2, f"unreachable endpoint took {dt:.1f} s with --timeout 3"
+    print(f"unreachable endpoint: exit 1 after {dt:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
