@@ -240,7 +240,7 @@ int loom_cmd_bench(int argc, char **argv)
         }
         start[B] = B;
         for (int k = 0; k < 4 && !rc; k++)
-            if (loom_gpu_forward(m, B, slots, start, tokens, 0.0f, ids, &err) != LOOM_OK) rc = 1;
+            if (loom_gpu_forward(m, B, slots, start, tokens, ids, &err) != LOOM_OK) rc = 1;
         for (int64_t s = 0; s < B; s++) loom_gpu_seq_reset(m, s);
     }
     for (int bi = 0; bi < n_bs && !rc; bi++) {
@@ -266,7 +266,7 @@ int loom_cmd_bench(int argc, char **argv)
                     start[++n_seqs] = used;
                     if (take < left) break; /* this sequence continues next forward */
                 }
-                if (loom_gpu_forward(m, n_seqs, slots, start, tokens, 0.0f, ids, &err) != LOOM_OK) rc = 1;
+                if (loom_gpu_forward(m, n_seqs, slots, start, tokens, ids, &err) != LOOM_OK) rc = 1;
                 for (int64_t i = 0; i < n_seqs && !rc; i++)
                     if (loom_gpu_seq_len(m, slots[i]) == in) next[slots[i]] = ids[i]; /* its first generated token */
                 while (s < B && loom_gpu_seq_len(m, s) == in) s++;
@@ -281,7 +281,7 @@ int loom_cmd_bench(int argc, char **argv)
             memcpy(ids, next, (size_t)B * sizeof *ids);
             for (int64_t step = 1; step < out && !rc; step++) {
                 memcpy(tokens, ids, (size_t)B * sizeof *ids);
-                if (loom_gpu_forward(m, B, slots, start, tokens, 0.0f, ids, &err) != LOOM_OK) rc = 1;
+                if (loom_gpu_forward(m, B, slots, start, tokens, ids, &err) != LOOM_OK) rc = 1;
             }
             double t2 = now_s();
             if (rc) break;

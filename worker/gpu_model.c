@@ -58,7 +58,6 @@ struct loom_gpu_model {
     int64_t *d_hoff;
     int32_t *d_hist;
     int32_t *h_out;
-    uint64_t step;
     loom_gpu_mem mem;
     size_t weight_bytes;
     /* CUDA graphs of decode steps, one per batch size (max_ctx fixed at max_seq_len) */
@@ -566,16 +565,9 @@ static loom_status launch_step(loom_gpu_model *m, int64_t S, int64_t T, int64_t 
 }
 
 loom_status loom_gpu_forward(loom_gpu_model *m, int64_t S, const int64_t *slots, const int64_t *start, const int32_t *tokens,
-                             float temperature, int32_t *out_ids, loom_err *err)
+                             int32_t *out_ids, loom_err *err)
 {
-    loom_gpu_sample sp[1] = {{.temperature = temperature, .top_k = 0, .top_p = 1.0f, .repetition_penalty = 1.0f, .seed = 0}};
-    if (temperature == 0.0f) return loom_gpu_forward_sampled(m, S, slots, start, tokens, NULL, NULL, NULL, out_ids, err);
-    loom_gpu_sample *all = S <= 1 ? sp : malloc((size_t)S * sizeof *all);
-    if (!all) return loom_err_set(err, LOOM_ENOMEM, "out of memory");
-    for (int64_t i = 0; i < S; i++) all[i] = (loom_gpu_sample){temperature, 0, 1.0f, 1.0f, (uint64_t)slots[i]};
-    loom_status st = loom_gpu_forward_sampled(m, S, slots, start, tokens, all, NULL, NULL, out_ids, err);
-    if (all != sp) free(all);
-    return st;
+    return loom_gpu_forward_sampled(m, S, slots, start, tokens, NULL, NULL, NULL, out_ids, err); /* NULL: greedy */
 }
 
 loom_status loom_gpu_forward_sampled(loom_gpu_model *m, int64_t S, const int64_t *slots, const int64_t *start, const int32_t *tokens,
@@ -634,7 +626,6 @@ loom_status loom_gpu_forward_sampled(loom_gpu_model *m, int64_t S, const int64_t
     h_qs[S] = (int32_t)T;
     h_hoff[S] = n_hist;
     used = (size_t)((char *)m->d_hist - (char *)m->stage_dev) + (size_t)n_hist * sizeof *h_hist;
-    m->step++;
     cudaStream_t st = m->stream;
     if (m->use_graphs && T == S && n_hist == 0 && m->tp == 1 && m->is_first && m->is_last) {
         /* decode step: replay (or capture once) the graph for this batch size */

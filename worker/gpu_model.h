@@ -73,11 +73,12 @@ int64_t loom_gpu_seq_len(const loom_gpu_model *m, int64_t slot);
 
 /* One forward over a batch: sequence i is slot slots[i] and feeds tokens
  * tokens[start[i] .. start[i+1]) (host arrays) after what its cache holds;
- * blocks are taken from the pool as needed. Then samples one token per
- * sequence (greedy when temperature is 0) into out_ids (host, n_seqs).
- * Synchronizes the stream before returning. Errors: out of KV blocks, limits. */
+ * blocks are taken from the pool as needed. Then picks the greedy token of
+ * each sequence into out_ids (host, n_seqs; last stage only). Synchronizes the
+ * stream before returning. Errors: out of KV blocks, limits. (Sampling:
+ * loom_gpu_forward_sampled.) */
 loom_status loom_gpu_forward(loom_gpu_model *m, int64_t n_seqs, const int64_t *slots, const int64_t *start,
-                             const int32_t *tokens, float temperature, int32_t *out_ids, loom_err *err);
+                             const int32_t *tokens, int32_t *out_ids, loom_err *err);
 
 /* Per-sequence sampling for loom_gpu_forward_sampled. */
 typedef struct loom_gpu_sample {

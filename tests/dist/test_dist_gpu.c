@@ -92,7 +92,7 @@ int main(int argc, char **argv)
     int64_t slot = 0, start[2] = {0, n_prompt}, one[2] = {0, 1}, same = 0;
     int32_t id = 0, fail = 0, diverged = 0;
     for (int64_t i = 0; i < n_want; i++) {
-        if (loom_gpu_forward(m, 1, &slot, i ? one : start, i ? &id : prompt, 0.0f, &id, &err) != LOOM_OK) {
+        if (loom_gpu_forward(m, 1, &slot, i ? one : start, i ? &id : prompt, &id, &err) != LOOM_OK) {
             fprintf(stderr, "rank %d: %s\n", rank, err.msg);
             MPI_Abort(MPI_COMM_WORLD, 1);
         }

@@ -70,7 +70,7 @@ int main(int argc, char **argv)
     }
     int64_t V = loom_gpu_config(m)->vocab_size, slot = 0, start[2] = {0, n_prompt};
     int32_t id;
-    if (loom_gpu_forward(m, 1, &slot, start, prompt, 0.0f, &id, &err) != LOOM_OK) {
+    if (loom_gpu_forward(m, 1, &slot, start, prompt, &id, &err) != LOOM_OK) {
         fprintf(stderr, "FAIL %s: %s\n", dir, err.msg);
         return 1;
     }
@@ -98,7 +98,7 @@ int main(int argc, char **argv)
         else diverged = 1;
         n_out++;
         if (n_out == n_want) break;
-        if (loom_gpu_forward(m, 1, &slot, one, &id, 0.0f, &id, &err) != LOOM_OK) {
+        if (loom_gpu_forward(m, 1, &slot, one, &id, &id, &err) != LOOM_OK) {
             fprintf(stderr, "FAIL %s: %s\n", dir, err.msg);
             return 1;
         }
