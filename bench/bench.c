@@ -10,9 +10,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "../coordinator/commands.h"
+#include "../util/clock.h"
 #include "../util/fileutil.h"
 #include "../util/json_util.h"
 #include "../util/parse.h"
@@ -34,13 +34,6 @@ static const preset presets[] = {
     {"llama-13b", 5120, 40, 40, 40, 13824, 32000, 4096, 10000.0},
     {"llama-70b", 8192, 80, 64, 8, 28672, 32000, 4096, 10000.0},
 };
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static void bench_usage(FILE *f)
 {
@@ -248,7 +241,7 @@ int loom_cmd_bench(int argc, char **argv)
             int64_t B = bss[bi], in = ios[2 * ii], out = ios[2 * ii + 1];
             for (int64_t s = 0; s < B; s++) loom_gpu_seq_reset(m, s);
             uint64_t rng = 88172645463325252ull;
-            double t0 = now_s();
+            double t0 = loom_now_s();
             /* prefill: whole prompts, or chunks of one, within max_tokens per forward */
             for (int64_t s = 0; s < B && !rc;) {
                 int64_t n_seqs = 0, used = 0;
@@ -271,7 +264,7 @@ int loom_cmd_bench(int argc, char **argv)
                     if (loom_gpu_seq_len(m, slots[i]) == in) next[slots[i]] = ids[i]; /* its first generated token */
                 while (s < B && loom_gpu_seq_len(m, s) == in) s++;
             }
-            double t1 = now_s();
+            double t1 = loom_now_s();
             /* decode: out - 1 steps of one token per sequence */
             for (int64_t s = 0; s < B; s++) {
                 slots[s] = s;
@@ -283,7 +276,7 @@ int loom_cmd_bench(int argc, char **argv)
                 memcpy(tokens, ids, (size_t)B * sizeof *ids);
                 if (loom_gpu_forward(m, B, slots, start, tokens, ids, &err) != LOOM_OK) rc = 1;
             }
-            double t2 = now_s();
+            double t2 = loom_now_s();
             if (rc) break;
             double ttft = t1 - t0, dec = t2 - t1, steps = (double)(out - 1);
             double step_s = steps > 0 ? dec / steps : 0;

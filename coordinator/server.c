@@ -10,10 +10,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 #include <zmq.h>
 
+#include "../util/clock.h"
 #include "../proto/wire.h"
 #include "../util/fileutil.h"
 #include "../worker/config.h"
@@ -101,13 +101,6 @@ void loom_server_install_signals(void)
 }
 
 int loom_server_stopping(void) { return g_stop; }
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static void req_free(loom_req *r)
 {
@@ -589,7 +582,7 @@ static loom_status on_result(loom_server *s, loom_err *err)
         loom_req *r = s->batch[res->seq_ids[i]];
         if (r && r->state == REQ_RUNNING) on_token(s, r, res->sampled_ids[i]);
     }
-    double t = now_s();
+    double t = loom_now_s();
     if (t - s->rate_t >= 1.0) {
         s->tokens_per_s = (double)(s->tokens_total - s->rate_tokens) / (t - s->rate_t);
         s->rate_t = t;
@@ -674,7 +667,7 @@ loom_server *loom_server_create(const loom_server_opts *o, int n_workers, loom_e
         s->n_batch = B;
         s->n_mbs = o->pp;
     }
-    s->t_start = s->rate_t = now_s();
+    s->t_start = s->rate_t = loom_now_s();
     return s;
 oom:
     loom_err_set(err, LOOM_ENOMEM, "out of memory");
@@ -692,14 +685,14 @@ static loom_status wait_workers(loom_server *s, loom_err *err)
     bool *seen = calloc((size_t)s->n_workers, sizeof *seen);
     if (!seen) return loom_err_set(err, LOOM_ENOMEM, "out of memory");
     int n_seen = 0;
-    double t0 = now_s();
+    double t0 = loom_now_s();
     loom_status st = LOOM_OK;
     while (n_seen < s->n_workers) {
         if (g_stop) {
             st = loom_err_set(err, LOOM_EIO, "interrupted while waiting for the workers");
             break;
         }
-        if (now_s() - t0 > PING_TIMEOUT_S) {
+        if (loom_now_s() - t0 > PING_TIMEOUT_S) {
             st = loom_err_set(err, LOOM_EIO, "only %d of %d workers reached the coordinator at %s within %.0f s", n_seen, s->n_workers,
                               s->plan_ep, PING_TIMEOUT_S);
             break;

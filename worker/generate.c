@@ -1,21 +1,21 @@
 /* The single-sequence generation loop (see generate.h). */
 #include "generate.h"
+#include "../util/clock.h"
 
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
-static double now_s(void)
+bool loom_gen_accept(const loom_gen_params *p, const loom_config *cfg, int32_t id, loom_token_cb cb, void *cb_ctx, int32_t *out,
+                     int64_t *n_out, loom_finish *finish)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static bool is_stop_id(const loom_gen_params *p, int32_t id)
-{
-    for (int i = 0; i < p->n_stop_ids; i++)
-        if (p->stop_ids[i] == id) return true;
+    out[(*n_out)++] = id;
+    bool more = cb ? cb(cb_ctx, id) : true;
+    bool stop_id = false;
+    for (int i = 0; i < p->n_stop_ids; i++) stop_id |= p->stop_ids[i] == id;
+    if (!p->ignore_eos && loom_config_is_eos(cfg, id)) *finish = LOOM_FINISH_EOS;
+    else if (stop_id || !more) *finish = LOOM_FINISH_STOP;
+    else if (*n_out >= p->max_new_tokens) *finish = LOOM_FINISH_LENGTH;
+    else return true;
     return false;
 }
 
@@ -42,9 +42,9 @@ loom_status loom_generate(loom_model *m, loom_kv_cache *kv, const int32_t *promp
     int64_t n_hist = n_prompt;
 
     loom_status st;
-    double t0 = now_s();
+    double t0 = loom_now_s();
     LOOM_CHECK_GOTO(st, loom_model_prefill(m, kv, prompt, n_prompt, err), done);
-    double t1 = now_s();
+    double t1 = loom_now_s();
     if (stats) {
         stats->prompt_tokens = n_prompt;
         stats->prefill_s = t1 - t0;
@@ -52,22 +52,12 @@ loom_status loom_generate(loom_model *m, loom_kv_cache *kv, const int32_t *promp
     for (;;) {
         int32_t id = loom_sampler_sample(s, m->rs.logits, hist, n_hist);
         hist[n_hist++] = id;
-        out[(*n_out)++] = id;
-        bool more = cb ? cb(cb_ctx, id) : true;
-        if (!p->ignore_eos && loom_config_is_eos(&m->cfg, id)) {
-            *finish = LOOM_FINISH_EOS;
-            break;
-        }
-        if (is_stop_id(p, id) || !more) {
-            *finish = LOOM_FINISH_STOP;
-            break;
-        }
-        if (*n_out >= p->max_new_tokens) break;
+        if (!loom_gen_accept(p, &m->cfg, id, cb, cb_ctx, out, n_out, finish)) break;
         LOOM_CHECK_GOTO(st, loom_model_forward(m, kv, &id, 1, err), done);
     }
     if (stats) {
         stats->new_tokens = *n_out;
-        stats->decode_s = now_s() - t1;
+        stats->decode_s = loom_now_s() - t1;
     }
 done:
     free(hist);

@@ -32,6 +32,13 @@ typedef struct loom_gen_stats {
 /* Called after each new token; return false to stop (finish = STOP). */
 typedef bool (*loom_token_cb)(void *ctx, int32_t id);
 
+/* Records a newly sampled id: appends it to out (n_out advances), hands it to
+ * cb, and decides whether generation goes on. Returns false with *finish set
+ * (EOS id of cfg unless ignore_eos, a stop id or the callback saying stop:
+ * STOP, max_new_tokens reached: LENGTH). Shared by every generation loop. */
+bool loom_gen_accept(const loom_gen_params *p, const loom_config *cfg, int32_t id, loom_token_cb cb, void *cb_ctx, int32_t *out,
+                     int64_t *n_out, loom_finish *finish);
+
 /* Generates after prompt[0..n_prompt). out (capacity p->max_new_tokens)
  * receives the new ids (EOS/stop id included when it ends generation), *n_out
  * their count. kv must be empty and hold n_prompt + max_new_tokens positions.

@@ -3,16 +3,9 @@
 
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "../util/clock.h"
 #include "gpu_model.h"
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 loom_status loom_run_gpu(const char *dir, const int32_t *prompt, int64_t n_prompt, const loom_gen_params *p, loom_token_cb cb,
                          void *cb_ctx, int32_t *out, int64_t *n_out, loom_finish *finish, loom_gen_stats *stats, loom_err *err)
@@ -41,27 +34,15 @@ loom_status loom_run_gpu(const char *dir, const int32_t *prompt, int64_t n_promp
     const int32_t *hp[1] = {hist};
     loom_status st = LOOM_OK;
     int32_t id = 0;
-    double t0 = now_s(), t1 = t0;
+    double t0 = loom_now_s(), t1 = t0;
     for (int64_t i = 0; i < n_prompt && st == LOOM_OK; i += o.max_tokens) {
         int64_t n = n_prompt - i < o.max_tokens ? n_prompt - i : o.max_tokens, start[2] = {0, n}, hl[1] = {i + n};
         st = loom_gpu_forward_sampled(m, 1, &slot, start, prompt + i, &sp, hp, hl, &id, err);
     }
-    t1 = now_s();
+    t1 = loom_now_s();
     while (st == LOOM_OK) {
         hist[n_hist++] = id;
-        out[(*n_out)++] = id;
-        bool more = cb ? cb(cb_ctx, id) : true;
-        bool stop_id = false;
-        for (int k = 0; k < p->n_stop_ids; k++) stop_id |= p->stop_ids[k] == id;
-        if (!p->ignore_eos && loom_config_is_eos(c, id)) {
-            *finish = LOOM_FINISH_EOS;
-            break;
-        }
-        if (stop_id || !more) {
-            *finish = LOOM_FINISH_STOP;
-            break;
-        }
-        if (*n_out >= p->max_new_tokens) break;
+        if (!loom_gen_accept(p, c, id, cb, cb_ctx, out, n_out, finish)) break;
         int64_t start[2] = {0, 1}, hl[1] = {n_hist};
         st = loom_gpu_forward_sampled(m, 1, &slot, start, &hist[n_hist - 1], &sp, hp, hl, &id, err);
     }
@@ -69,7 +50,7 @@ loom_status loom_run_gpu(const char *dir, const int32_t *prompt, int64_t n_promp
         stats->prompt_tokens = n_prompt;
         stats->new_tokens = *n_out;
         stats->prefill_s = t1 - t0;
-        stats->decode_s = now_s() - t1;
+        stats->decode_s = loom_now_s() - t1;
     }
     free(hist);
     loom_gpu_model_destroy(m);

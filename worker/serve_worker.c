@@ -9,9 +9,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <zmq.h>
 
+#include "../util/clock.h"
 #include "../kernels/ops.h"
 #include "../parallel/dist_mpi.h"
 #include "../proto/wire.h"
@@ -47,13 +47,6 @@ struct loom_worker {
     int64_t *hist_lens, *slots;
     int32_t *all_ids;
 };
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 loom_worker *loom_worker_create(MPI_Comm workers, const loom_worker_opts *o, loom_err *err)
 {
@@ -363,7 +356,7 @@ loom_status loom_worker_serve(loom_worker *w, const char *plan_endpoint, const c
             if (st != LOOM_OK) goto out;
             continue;
         }
-        double t0 = now_s();
+        double t0 = loom_now_s();
         loom_batch b;
         size_t n_out = 0;
         loom_err serr = {{0}};
@@ -375,7 +368,7 @@ loom_status loom_worker_serve(loom_worker *w, const char *plan_endpoint, const c
             if (fs == LOOM_OK) fs = loom_model_forward_batch(w->m, &b, &serr);
             if (fs == LOOM_OK && w->sampler_rank) fs = sample(w, plan, &n_out, &serr);
         }
-        double ms = (now_s() - t0) * 1e3;
+        double ms = (loom_now_s() - t0) * 1e3;
         if (fs != LOOM_OK) {
             /* Tell the coordinator, then stop: the other ranks cannot go on without this one. */
             char msg[LOOM_ERR_LEN + 64];
