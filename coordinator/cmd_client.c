@@ -13,24 +13,14 @@
 #include "../util/parse.h"
 #include "client/loom_client.h"
 #include "commands.h"
+#include "gen_flags.h"
 
-#define MAX_STOPS 16
 #define PROBE_TIMEOUT_MS 5000   /* --health / --stats without --timeout */
 #define CONNECT_PROBE_MS 10000  /* longest wait for the server's first health reply */
 
 typedef struct client_opts {
     const char *endpoint;
-    const char *prompt;
-    const char *prompt_ids;
-    int64_t max_new_tokens;
-    bool have_max_new;
-    float temperature, top_p, repetition_penalty;
-    int64_t top_k;
-    uint64_t seed;
-    const char *stops[MAX_STOPS];
-    int n_stops;
-    int32_t stop_ids[MAX_STOPS];
-    int n_stop_ids;
+    loom_gen_flags g;     /* prompt, length, sampling, stops (as loom run) */
     bool stream, json, health, stats, have_wait;
     int timeout_ms;       /* 0 = none */
     int idle_timeout_ms;  /* 0 = none */
@@ -67,8 +57,7 @@ static void client_usage(FILE *f)
             "Exit status: 0 done, 1 the server failed or refused the request (message on stderr), 2 bad flags.\n");
 }
 
-enum { OPT_ENDPOINT = 256, OPT_PROMPT, OPT_PROMPT_IDS, OPT_MAX_NEW, OPT_TEMP, OPT_TOPK, OPT_TOPP, OPT_REP, OPT_SEED,
-       OPT_STOP, OPT_STOP_ID, OPT_STREAM, OPT_JSON, OPT_TIMEOUT, OPT_IDLE, OPT_HEALTH, OPT_WAIT, OPT_STATS, OPT_HELP };
+enum { OPT_ENDPOINT = 256, OPT_STREAM, OPT_JSON, OPT_TIMEOUT, OPT_IDLE, OPT_HEALTH, OPT_WAIT, OPT_STATS, OPT_HELP };
 
 /* Seconds (fractions allowed) to milliseconds; 0 stays 0 (= none). */
 static loom_status parse_seconds(const char *s, const char *what, int *ms, loom_err *err)
@@ -86,16 +75,7 @@ static int parse_args(int argc, char **argv, client_opts *o)
 {
     static const struct option longopts[] = {
         {"endpoint", required_argument, 0, OPT_ENDPOINT},
-        {"prompt", required_argument, 0, OPT_PROMPT},
-        {"prompt-ids", required_argument, 0, OPT_PROMPT_IDS},
-        {"max-new-tokens", required_argument, 0, OPT_MAX_NEW},
-        {"temperature", required_argument, 0, OPT_TEMP},
-        {"top-k", required_argument, 0, OPT_TOPK},
-        {"top-p", required_argument, 0, OPT_TOPP},
-        {"repetition-penalty", required_argument, 0, OPT_REP},
-        {"seed", required_argument, 0, OPT_SEED},
-        {"stop", required_argument, 0, OPT_STOP},
-        {"stop-id", required_argument, 0, OPT_STOP_ID},
+        LOOM_GEN_LONGOPTS,
         {"stream", no_argument, 0, OPT_STREAM},
         {"json", no_argument, 0, OPT_JSON},
         {"timeout", required_argument, 0, OPT_TIMEOUT},
@@ -108,40 +88,17 @@ static int parse_args(int argc, char **argv, client_opts *o)
     };
     memset(o, 0, sizeof *o);
     o->endpoint = LOOM_CLIENT_DEFAULT_ENDPOINT;
-    o->top_p = 1.0f;
-    o->repetition_penalty = 1.0f;
+    loom_gen_flags_init(&o->g);
     loom_err err = {{0}};
     int c;
     optind = 1;
     opterr = 0;
     while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
         loom_status st = LOOM_OK;
-        int64_t v;
-        switch (c) {
+        if (!loom_gen_flags_apply(&o->g, c, optarg, &st, &err)) switch (c) {
         case OPT_ENDPOINT:
             if (!*optarg) st = loom_err_set(&err, LOOM_EINVAL, "--endpoint is empty");
             o->endpoint = optarg;
-            break;
-        case OPT_PROMPT: o->prompt = optarg; break;
-        case OPT_PROMPT_IDS: o->prompt_ids = optarg; break;
-        case OPT_MAX_NEW:
-            st = loom_parse_i64(optarg, 1, INT32_MAX, "--max-new-tokens", &o->max_new_tokens, &err);
-            o->have_max_new = true;
-            break;
-        case OPT_TEMP: st = loom_parse_f32(optarg, "--temperature", &o->temperature, &err); break;
-        case OPT_TOPK: st = loom_parse_i64(optarg, 0, INT32_MAX, "--top-k", &o->top_k, &err); break;
-        case OPT_TOPP: st = loom_parse_f32(optarg, "--top-p", &o->top_p, &err); break;
-        case OPT_REP: st = loom_parse_f32(optarg, "--repetition-penalty", &o->repetition_penalty, &err); break;
-        case OPT_SEED: st = loom_parse_u64(optarg, "--seed", &o->seed, &err); break;
-        case OPT_STOP:
-            if (o->n_stops == MAX_STOPS) st = loom_err_set(&err, LOOM_EINVAL, "--stop: at most %d stop strings", MAX_STOPS);
-            else if (!*optarg) st = loom_err_set(&err, LOOM_EINVAL, "--stop: the stop string is empty");
-            else o->stops[o->n_stops++] = optarg;
-            break;
-        case OPT_STOP_ID:
-            st = loom_parse_i64(optarg, 0, INT32_MAX, "--stop-id", &v, &err);
-            if (st == LOOM_OK && o->n_stop_ids == MAX_STOPS) st = loom_err_set(&err, LOOM_EINVAL, "--stop-id: at most %d", MAX_STOPS);
-            if (st == LOOM_OK) o->stop_ids[o->n_stop_ids++] = (int32_t)v;
             break;
         case OPT_STREAM: o->stream = true; break;
         case OPT_JSON: o->json = true; break;
@@ -167,7 +124,7 @@ static int parse_args(int argc, char **argv, client_opts *o)
         }
     }
     const char *problem = NULL;
-    bool generate = o->prompt || o->prompt_ids || o->have_max_new;
+    bool generate = o->g.prompt || o->g.prompt_ids || o->g.have_max_new;
     if (optind < argc) {
         fprintf(stderr, "loom client: unexpected argument '%s' (see 'loom client --help')\n", argv[optind]);
         return 2;
@@ -175,13 +132,9 @@ static int parse_args(int argc, char **argv, client_opts *o)
     if (o->health + o->stats + generate > 1) problem = "--health, --stats and a generation request (--prompt ...) exclude each other";
     else if (o->have_wait && !o->health) problem = "--wait goes with --health";
     else if (!o->health && !o->stats) {
-        if (!o->prompt == !o->prompt_ids) problem = "give exactly one of --prompt or --prompt-ids (or --health / --stats)";
-        else if (!o->have_max_new) problem = "--max-new-tokens N is required";
-        else if (!(o->temperature >= 0) || !isfinite(o->temperature))
-            problem = "--temperature must be a finite number >= 0 (0 = greedy)";
-        else if (!(o->top_p > 0 && o->top_p <= 1)) problem = "--top-p must be in (0, 1]";
-        else if (!(o->repetition_penalty > 0) || !isfinite(o->repetition_penalty))
-            problem = "--repetition-penalty must be a finite number > 0 (1 = off)";
+        if (!o->g.prompt == !o->g.prompt_ids) problem = "give exactly one of --prompt or --prompt-ids (or --health / --stats)";
+        else if (!o->g.have_max_new) problem = "--max-new-tokens N is required";
+        else if (loom_gen_flags_check(&o->g, &err) != LOOM_OK) problem = err.msg;
     }
     if (problem) {
         fprintf(stderr, "loom client: %s (see 'loom client --help')\n", problem);
@@ -312,7 +265,7 @@ static int do_generate(const client_opts *o)
     int rc = 1;
     int64_t start = now_ms();
 
-    if (o->prompt_ids && loom_parse_id_list(o->prompt_ids, "--prompt-ids", &ids, &n_ids, &err) != LOOM_OK) {
+    if (o->g.prompt_ids && loom_parse_id_list(o->g.prompt_ids, "--prompt-ids", &ids, &n_ids, &err) != LOOM_OK) {
         fprintf(stderr, "loom client: %s (see 'loom client --help')\n", err.msg);
         return 2;
     }
@@ -323,19 +276,19 @@ static int do_generate(const client_opts *o)
 
     loom_client_request req;
     loom_client_request_init(&req);
-    req.prompt = o->prompt;
+    req.prompt = o->g.prompt;
     req.prompt_ids = ids;
     req.n_prompt_ids = n_ids;
-    req.max_new_tokens = (int32_t)o->max_new_tokens;
-    req.temperature = o->temperature;
-    req.top_k = (int32_t)o->top_k;
-    req.top_p = o->top_p;
-    req.repetition_penalty = o->repetition_penalty;
-    req.seed = o->seed;
-    req.stop = o->stops;
-    req.n_stop = (size_t)o->n_stops;
-    req.stop_ids = o->stop_ids;
-    req.n_stop_ids = (size_t)o->n_stop_ids;
+    req.max_new_tokens = (int32_t)o->g.max_new_tokens;
+    req.temperature = o->g.sampling.temperature;
+    req.top_k = o->g.sampling.top_k;
+    req.top_p = o->g.sampling.top_p;
+    req.repetition_penalty = o->g.sampling.repetition_penalty;
+    req.seed = o->g.sampling.seed;
+    req.stop = o->g.stops;
+    req.n_stop = (size_t)o->g.n_stops;
+    req.stop_ids = o->g.stop_ids;
+    req.n_stop_ids = (size_t)o->g.n_stop_ids;
     req.stream = o->stream;
     req.idle_timeout_ms = o->idle_timeout_ms;
     if (o->timeout_ms > 0) {

@@ -13,22 +13,13 @@
 #include "../worker/generate.h"
 #include "../worker/run_gpu.h"
 #include "commands.h"
+#include "gen_flags.h"
 #include "textstream.h"
 #include "tokenizer/tokenizer.h"
 
-#define MAX_STOPS LOOM_MAX_STOP_STRINGS
-
 typedef struct run_opts {
     const char *model;
-    const char *prompt;
-    const char *prompt_ids;
-    int64_t max_new_tokens;
-    bool have_max_new;
-    loom_sampling_params sampling;
-    const char *stops[MAX_STOPS];
-    int n_stops;
-    int32_t stop_ids[MAX_STOPS];
-    int n_stop_ids;
+    loom_gen_flags g;      /* prompt, length, sampling, stops */
     int64_t max_seq_len;   /* 0 = max_position_embeddings */
     int64_t prefill_chunk;
     bool json, verbose, ignore_eos, cuda;
@@ -59,24 +50,14 @@ static void run_usage(FILE *f)
             "  --verbose                print memory and speed to stderr\n");
 }
 
-enum { OPT_PROMPT_IDS = 256, OPT_MAX_NEW, OPT_TEMP, OPT_TOPK, OPT_TOPP, OPT_REP, OPT_SEED, OPT_STOP,
-       OPT_STOP_ID, OPT_MAX_SEQ, OPT_CHUNK, OPT_JSON, OPT_VERBOSE, OPT_IGNORE_EOS, OPT_DEVICE, OPT_HELP };
+enum { OPT_MAX_SEQ = 256, OPT_CHUNK, OPT_JSON, OPT_VERBOSE, OPT_IGNORE_EOS, OPT_DEVICE, OPT_HELP };
 
 /* Returns 0 on success, 2 on a usage error (message printed), -1 for --help. */
 static int parse_args(int argc, char **argv, run_opts *o)
 {
     static const struct option longopts[] = {
         {"model", required_argument, 0, 'm'},
-        {"prompt", required_argument, 0, 'p'},
-        {"prompt-ids", required_argument, 0, OPT_PROMPT_IDS},
-        {"max-new-tokens", required_argument, 0, OPT_MAX_NEW},
-        {"temperature", required_argument, 0, OPT_TEMP},
-        {"top-k", required_argument, 0, OPT_TOPK},
-        {"top-p", required_argument, 0, OPT_TOPP},
-        {"repetition-penalty", required_argument, 0, OPT_REP},
-        {"seed", required_argument, 0, OPT_SEED},
-        {"stop", required_argument, 0, OPT_STOP},
-        {"stop-id", required_argument, 0, OPT_STOP_ID},
+        LOOM_GEN_LONGOPTS,
         {"max-seq-len", required_argument, 0, OPT_MAX_SEQ},
         {"prefill-chunk", required_argument, 0, OPT_CHUNK},
         {"json", no_argument, 0, OPT_JSON},
@@ -87,7 +68,7 @@ static int parse_args(int argc, char **argv, run_opts *o)
         {0, 0, 0, 0},
     };
     memset(o, 0, sizeof *o);
-    o->sampling = loom_sampling_defaults();
+    loom_gen_flags_init(&o->g);
     o->prefill_chunk = 256;
     loom_err err = {{0}};
     int c;
@@ -95,33 +76,8 @@ static int parse_args(int argc, char **argv, run_opts *o)
     opterr = 0;
     while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
         loom_status st = LOOM_OK;
-        int64_t v;
-        switch (c) {
+        if (!loom_gen_flags_apply(&o->g, c, optarg, &st, &err)) switch (c) {
         case 'm': o->model = optarg; break;
-        case 'p': o->prompt = optarg; break;
-        case OPT_PROMPT_IDS: o->prompt_ids = optarg; break;
-        case OPT_MAX_NEW:
-            st = loom_parse_i64(optarg, 1, INT32_MAX, "--max-new-tokens", &o->max_new_tokens, &err);
-            o->have_max_new = true;
-            break;
-        case OPT_TEMP: st = loom_parse_f32(optarg, "--temperature", &o->sampling.temperature, &err); break;
-        case OPT_TOPK:
-            st = loom_parse_i64(optarg, 0, INT32_MAX, "--top-k", &v, &err);
-            o->sampling.top_k = (int32_t)v;
-            break;
-        case OPT_TOPP: st = loom_parse_f32(optarg, "--top-p", &o->sampling.top_p, &err); break;
-        case OPT_REP: st = loom_parse_f32(optarg, "--repetition-penalty", &o->sampling.repetition_penalty, &err); break;
-        case OPT_SEED: st = loom_parse_u64(optarg, "--seed", &o->sampling.seed, &err); break;
-        case OPT_STOP:
-            if (o->n_stops == MAX_STOPS) st = loom_err_set(&err, LOOM_EINVAL, "--stop: at most %d stop strings", MAX_STOPS);
-            else if (!*optarg) st = loom_err_set(&err, LOOM_EINVAL, "--stop: the stop string is empty");
-            else o->stops[o->n_stops++] = optarg;
-            break;
-        case OPT_STOP_ID:
-            st = loom_parse_i64(optarg, 0, INT32_MAX, "--stop-id", &v, &err);
-            if (st == LOOM_OK && o->n_stop_ids == MAX_STOPS) st = loom_err_set(&err, LOOM_EINVAL, "--stop-id: at most %d", MAX_STOPS);
-            if (st == LOOM_OK) o->stop_ids[o->n_stop_ids++] = (int32_t)v;
-            break;
         case OPT_MAX_SEQ: st = loom_parse_i64(optarg, 1, INT32_MAX, "--max-seq-len", &o->max_seq_len, &err); break;
         case OPT_CHUNK: st = loom_parse_i64(optarg, 1, 1 << 16, "--prefill-chunk", &o->prefill_chunk, &err); break;
         case OPT_JSON: o->json = true; break;
@@ -147,14 +103,14 @@ static int parse_args(int argc, char **argv, run_opts *o)
     const char *problem = NULL;
     if (optind < argc) problem = "unexpected argument";
     else if (!o->model) problem = "--model DIR is required";
-    else if (!o->prompt == !o->prompt_ids) problem = "give exactly one of --prompt or --prompt-ids";
-    else if (!o->have_max_new) problem = "--max-new-tokens N is required";
+    else if (!o->g.prompt == !o->g.prompt_ids) problem = "give exactly one of --prompt or --prompt-ids";
+    else if (!o->g.have_max_new) problem = "--max-new-tokens N is required";
     if (problem) {
         if (optind < argc) fprintf(stderr, "loom run: unexpected argument '%s' (see 'loom run --help')\n", argv[optind]);
         else fprintf(stderr, "loom run: %s (see 'loom run --help')\n", problem);
         return 2;
     }
-    if (loom_sampling_validate(&o->sampling, &err) != LOOM_OK) {
+    if (loom_gen_flags_check(&o->g, &err) != LOOM_OK) {
         fprintf(stderr, "loom run: %s\n", err.msg);
         return 2;
     }
@@ -236,13 +192,13 @@ int loom_cmd_run(int argc, char **argv)
     if (loom_file_exists(tpath)) {
         tok = loom_tokenizer_load(o.model, &err);
         if (!tok) goto fail;
-    } else if (o.prompt) {
+    } else if (o.g.prompt) {
         loom_err_set(&err, LOOM_EINVAL, "%s has no tokenizer.json; use --prompt-ids", o.model);
         goto fail;
     }
-    if (o.prompt) {
-        if (loom_tokenizer_encode(tok, o.prompt, strlen(o.prompt), true, &prompt, &n_prompt, &err) != LOOM_OK) goto fail;
-    } else if (loom_parse_id_list(o.prompt_ids, "--prompt-ids", &prompt, &n_prompt, &err) != LOOM_OK) {
+    if (o.g.prompt) {
+        if (loom_tokenizer_encode(tok, o.g.prompt, strlen(o.g.prompt), true, &prompt, &n_prompt, &err) != LOOM_OK) goto fail;
+    } else if (loom_parse_id_list(o.g.prompt_ids, "--prompt-ids", &prompt, &n_prompt, &err) != LOOM_OK) {
         goto fail;
     }
     if (n_prompt == 0) {
@@ -254,24 +210,24 @@ int loom_cmd_run(int argc, char **argv)
             loom_err_set(&err, LOOM_EINVAL, "--prompt-ids: token id %d is not below the vocabulary size %lld", prompt[i], (long long)m->cfg.vocab_size);
             goto fail;
         }
-    for (int i = 0; i < o.n_stop_ids; i++)
-        if (o.stop_ids[i] >= m->cfg.vocab_size) {
-            loom_err_set(&err, LOOM_EINVAL, "--stop-id: token id %d is not below the vocabulary size %lld", o.stop_ids[i], (long long)m->cfg.vocab_size);
+    for (int i = 0; i < o.g.n_stop_ids; i++)
+        if (o.g.stop_ids[i] >= m->cfg.vocab_size) {
+            loom_err_set(&err, LOOM_EINVAL, "--stop-id: token id %d is not below the vocabulary size %lld", o.g.stop_ids[i], (long long)m->cfg.vocab_size);
             goto fail;
         }
     int64_t max_seq = o.max_seq_len ? o.max_seq_len : m->cfg.max_position_embeddings;
-    if ((int64_t)n_prompt + o.max_new_tokens > max_seq) {
+    if ((int64_t)n_prompt + o.g.max_new_tokens > max_seq) {
         loom_err_set(&err, LOOM_EINVAL, "prompt (%zu tokens) + --max-new-tokens (%lld) exceeds the sequence limit %lld (%s)", n_prompt,
-                     (long long)o.max_new_tokens, (long long)max_seq, o.max_seq_len ? "--max-seq-len" : "max_position_embeddings; raise it with --max-seq-len");
+                     (long long)o.g.max_new_tokens, (long long)max_seq, o.max_seq_len ? "--max-seq-len" : "max_position_embeddings; raise it with --max-seq-len");
         goto fail;
     }
-    if (!o.cuda && !(kv = loom_model_kv_create(m, (int64_t)n_prompt + o.max_new_tokens, &err))) goto fail;
-    out = malloc((size_t)o.max_new_tokens * sizeof *out);
+    if (!o.cuda && !(kv = loom_model_kv_create(m, (int64_t)n_prompt + o.g.max_new_tokens, &err))) goto fail;
+    out = malloc((size_t)o.g.max_new_tokens * sizeof *out);
     if (!out) {
         loom_err_set(&err, LOOM_ENOMEM, "out of memory");
         goto fail;
     }
-    if (loom_textstream_init(&sc.ts, tok, o.stops, o.n_stops, &err) != LOOM_OK) goto fail;
+    if (loom_textstream_init(&sc.ts, tok, o.g.stops, o.g.n_stops, &err) != LOOM_OK) goto fail;
     if (o.verbose && !o.cuda) {
         fprintf(stderr, "loom run: %s, %lld layers, hidden %lld, vocab %lld; weights %.2f MiB (%s), KV cache %.2f MiB (%lld positions), activations %.2f MiB\n",
                 m->cfg.arch_name, (long long)m->cfg.n_layers, (long long)m->cfg.hidden_size, (long long)m->cfg.vocab_size,
@@ -280,8 +236,8 @@ int loom_cmd_run(int argc, char **argv)
                 (long long)kv->max_seq, (double)m->rs.bytes / 1048576.0);
     }
 
-    loom_gen_params gp = {.max_new_tokens = o.max_new_tokens, .sampling = o.sampling, .stop_ids = o.stop_ids,
-                          .n_stop_ids = o.n_stop_ids, .ignore_eos = o.ignore_eos};
+    loom_gen_params gp = {.max_new_tokens = o.g.max_new_tokens, .sampling = o.g.sampling, .stop_ids = o.g.stop_ids,
+                          .n_stop_ids = o.g.n_stop_ids, .ignore_eos = o.ignore_eos};
     int64_t n_out = 0;
     loom_finish fin;
     loom_gen_stats gs;
