@@ -33,7 +33,8 @@ int loom_cuda_embedding(void *out, loom_dtype act, const void *table, loom_dtype
  * residual += delta (skipped when delta is NULL), then
  * out = residual * rsqrt(mean(residual^2) + eps) * w.
  * residual, delta, out (n, dim) in act; w (dim) in wdt. The sum is rounded to
- * act once (as PyTorch does when it adds two fp16 tensors). */
+ * act once (as PyTorch does when it adds two fp16 tensors). With delta NULL,
+ * residual is only read (plain RMSNorm; out may then alias it). */
 int loom_cuda_add_rmsnorm(void *residual, const void *delta, void *out, loom_dtype act,
                           const void *w, loom_dtype wdt, int64_t n, int64_t dim, float eps,
                           void *stream);

@@ -326,6 +326,30 @@ def bad_flags():
     expect_error(run("run", "--model", STORIES, "--prompt-ids", "1", "--max-new-tokens", "3", "--temperature", "-1"), "temperature", usage=True)
 
 
+@case
+def bad_convert_bench_serve_flags():
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "out")
+        expect_error(run("convert", "--model", STORIES, "--tp", "2"), "--out", usage=True)
+        expect_error(run("convert", "--model", STORIES, "--out", out, "--dtype", "fp8"), "--dtype", usage=True)
+        expect_error(run("convert", "--model", STORIES, "--out", out, "--tp", "0"), "--tp", usage=True)
+        expect_error(run("convert", "--model", STORIES, "--out", out, "--pp", "2", "--pp-layers", "1,1,3"), "--pp-layers", usage=True)
+        expect_error(run("convert", "--model", "/nonexistent", "--out", out), "does not exist")
+        expect_error(run("convert", "--model", STORIES, "--out", out, "--pp", "2", "--pp-layers", "4,2"), "add up")
+        p = run("convert", "--model", STORIES, "--out", out, "--tp", "2")
+        assert p.returncode == 0, p.stderr
+        expect_error(run("convert", "--model", out, "--out", os.path.join(tmp, "again")), "already a converted")
+    for args, needle in ((["--batch-size", "x"], "--batch-size"), (["--input-output-len", "128"], "IN,OUT"),
+                         (["--model", STORIES], "exactly one"), (["--dtype", "fp8"], "--dtype"), (["--multi-block", "maybe"], "--multi-block")):
+        expect_error(run("bench", "--dummy-weights", "llama-7b", *args), needle, usage=True)
+    # valid flags on a machine without a GPU (CI): a clear refusal, not a crash
+    expect_error(run("bench", "--dummy-weights", "llama-7b", "--batch-size", "1", "--input-output-len", "8,2"), "CUDA")
+    for args, needle in ((["--tp", "0"], "--tp"), (["--listen", "localhost:5555"], "--listen"), (["--scheduler", "fifo"], "--scheduler"),
+                         (["--pp", "2", "--pp-layers", "1"], "--pp-layers"), (["--kv-cache-free-gpu-mem-fraction", "1.5"], "fraction"),
+                         ([], "--model")):
+        expect_error(run("serve", *([] if not args else ["--model", STORIES]), *args), needle, usage=True)
+
+
 def main():
     global LOOM
     if len(sys.argv) != 3 or sys.argv[2] not in CASES:
