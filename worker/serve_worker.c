@@ -42,7 +42,8 @@ struct loom_worker {
     bool last_stage;
     int64_t vocab;
     bool *reset;
-    loom_gpu_sample *gsp;
+    loom_gpu_sample *gsp;     /* (n_slots) per slot */
+    loom_gpu_sample *gsp_batch; /* (n_slots) the step's, in batch order */
     const int32_t **hist_ptrs;
     int64_t *hist_lens, *slots;
     int32_t *all_ids;
@@ -83,11 +84,12 @@ loom_worker *loom_worker_create(MPI_Comm workers, const loom_worker_opts *o, loo
         w->out_ids = malloc((size_t)S * sizeof *w->out_ids);
         w->reset = calloc((size_t)S, sizeof *w->reset);
         w->gsp = calloc((size_t)S, sizeof *w->gsp);
+        w->gsp_batch = calloc((size_t)S, sizeof *w->gsp_batch);
         w->hist_ptrs = calloc((size_t)S, sizeof *w->hist_ptrs);
         w->hist_lens = calloc((size_t)S, sizeof *w->hist_lens);
         w->slots = calloc((size_t)S, sizeof *w->slots);
         w->all_ids = calloc((size_t)S, sizeof *w->all_ids);
-        if (!w->history || !w->hist_len || !w->tokens || !w->seq_start || !w->out_seq || !w->out_ids || !w->reset || !w->gsp ||
+        if (!w->history || !w->hist_len || !w->tokens || !w->seq_start || !w->out_seq || !w->out_ids || !w->reset || !w->gsp || !w->gsp_batch ||
             !w->hist_ptrs || !w->hist_lens || !w->slots || !w->all_ids) {
             loom_err_set(err, LOOM_ENOMEM, "out of memory");
             goto fail;
@@ -165,6 +167,7 @@ void loom_worker_destroy(loom_worker *w)
     free(w->out_ids);
     free(w->reset);
     free(w->gsp);
+    free(w->gsp_batch);
     free(w->hist_ptrs);
     free(w->hist_lens);
     free(w->slots);
@@ -285,10 +288,8 @@ static loom_status gpu_step(loom_worker *w, const Loom__BatchPlan *plan, size_t 
             w->hist_lens[i] = w->hist_len[slot];
         }
     }
-    /* per-sequence sampling in batch order */
-    loom_gpu_sample sp_batch[S];
-    for (int64_t i = 0; i < S; i++) sp_batch[i] = w->gsp[w->slots[i]];
-    LOOM_CHECK(loom_serve_gpu_step(w->gpu, S, w->slots, w->seq_start, w->tokens, w->reset, sp_batch,
+    for (int64_t i = 0; i < S; i++) w->gsp_batch[i] = w->gsp[w->slots[i]]; /* sampling in batch order */
+    LOOM_CHECK(loom_serve_gpu_step(w->gpu, S, w->slots, w->seq_start, w->tokens, w->reset, w->gsp_batch,
                                    w->last_stage ? w->hist_ptrs : NULL, w->hist_lens, w->all_ids, err));
     if (!w->sampler_rank) return LOOM_OK;
     for (int64_t i = 0; i < S; i++) {
