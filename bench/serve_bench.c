@@ -3,7 +3,8 @@
  * lengths) through libloomclient and measures what a user sees: TTFT,
  * inter-token and end-to-end latency, throughput, and the server's own load
  * (Stats polled by a second client on its own thread, so polling never delays
- * the timestamps of chunks). Prints a short table last; --json writes it all. */
+ * the timestamps of chunks). --shared-prefix gives every prompt the same head,
+ * to measure KV cache reuse. Prints a short table last; --json writes it all. */
 #include <errno.h>
 #include <inttypes.h>
 #include <jansson.h>
@@ -28,6 +29,7 @@
 #define SB_CONNECT_MAX_MS 10000  /* longest wait for the first connection */
 #define SB_CANCEL_GRACE_MS 5000  /* after --timeout: wait this long for cancellations */
 #define SB_ERR_MSG_MAX 240       /* error messages are grouped by their first bytes */
+#define SB_PREFIX_SALT 0x5ea4ed9f1e1d0c0bULL /* the shared prefix's RNG stream: seed ^ this */
 
 /* ---- configuration ------------------------------------------------------ */
 
@@ -42,14 +44,16 @@ typedef struct sb_config {
     const char *lengths_path;
     uint64_t seed;
     int64_t vocab;               /* prompt ids are uniform in [3, vocab) */
+    int64_t shared_prefix;       /* tokens every prompt starts with (0 = none) */
     double timeout_s;            /* whole-run limit */
     const char *json_path;
 } sb_config;
 
 /* One request: what was asked, and when its chunks came back (seconds since t0). */
 typedef struct sb_req {
-    int32_t *prompt;             /* (input_len,) */
-    int32_t input_len;
+    int32_t *own;                /* (input_len,): the prompt after the shared prefix */
+    int32_t prompt_len;          /* shared_prefix + input_len */
+    int32_t input_len;           /* the request's own tokens (the length asked for) */
     int32_t output_len;          /* max_new_tokens asked for */
     double arrival;              /* planned send time */
     double sent;                 /* actual send time; < 0 before */
@@ -198,6 +202,9 @@ static void usage(FILE *f)
             "                            cycled (instead of the length flags)\n"
             "  --seed S                  request generation seed (default 0)\n"
             "  --vocab V                 prompt ids are uniform in [3, V) (default 512)\n"
+            "  --shared-prefix N         every prompt starts with the same N tokens (drawn once from the\n"
+            "                            seed), then its own input-length tokens: prompt = N + input len\n"
+            "                            (default 0; for KV cache reuse, e.g. serve --enable-kv-cache-reuse)\n"
             "  --timeout SEC             whole-run limit; requests still running then are cancelled and\n"
             "                            count as failed (default 600)\n"
             "  --json FILE               write every number (and per-request records) to FILE\n"
@@ -321,6 +328,8 @@ static loom_status parse_flags(int argc, char **argv, sb_config *cfg, bool *help
             LOOM_CHECK(loom_parse_u64(v, f, &cfg->seed, err));
         } else if (strcmp(f, "--vocab") == 0) {
             LOOM_CHECK(loom_parse_i64(v, 4, INT32_MAX, f, &cfg->vocab, err));
+        } else if (strcmp(f, "--shared-prefix") == 0) {
+            LOOM_CHECK(loom_parse_i64(v, 0, INT32_MAX, f, &cfg->shared_prefix, err));
         } else if (strcmp(f, "--timeout") == 0) {
             LOOM_CHECK(loom_parse_f32(v, f, &x, err));
             if (!(x > 0) || x > 1e7) return loom_err_set(err, LOOM_EINVAL, "--timeout must be in (0, 1e7] seconds, got %s", v);
@@ -340,20 +349,35 @@ static loom_status parse_flags(int argc, char **argv, sb_config *cfg, bool *help
         if (cfg->num_requests < 0) cfg->num_requests = (int64_t)cfg->n_pairs;
     }
     if (cfg->num_requests < 0) return loom_err_set(err, LOOM_EINVAL, "--num-requests is required");
+    int64_t longest = cfg->in_hi;
+    for (size_t i = 0; i < cfg->n_pairs; i++)
+        if (cfg->pairs[i][0] > longest) longest = cfg->pairs[i][0];
+    if (cfg->shared_prefix > INT32_MAX - longest)
+        return loom_err_set(err, LOOM_EINVAL,
+                            "--shared-prefix %" PRId64 " + the longest input length %" PRId64 " exceeds %d tokens",
+                            cfg->shared_prefix, longest, INT32_MAX);
     return LOOM_OK;
 }
 
 /* ---- request generation ------------------------------------------------- */
 
 /* Builds cfg->num_requests requests; the same seed gives the same lengths,
- * prompts and arrival times. */
-static loom_status make_requests(const sb_config *cfg, sb_req **out, loom_err *err)
+ * prompts and arrival times. The shared prefix is kept once, at the head of
+ * *prompt_buf (sized for the longest prompt; a request's own tokens are copied
+ * behind it when it is sent). It comes from its own stream (seed ^
+ * SB_PREFIX_SALT), so --shared-prefix changes no length, arrival or own token
+ * of a request: only what is put in front. */
+static loom_status make_requests(const sb_config *cfg, sb_req **out, int32_t **prompt_buf, loom_err *err)
 {
     size_t n = (size_t)cfg->num_requests;
+    int32_t np = (int32_t)cfg->shared_prefix;
+    *out = NULL;
+    *prompt_buf = NULL;
     sb_req *r = calloc(n, sizeof *r);
     if (!r) return loom_err_set(err, LOOM_ENOMEM, "out of memory for %zu requests", n);
     uint64_t s = cfg->seed;
     double t = 0;
+    int32_t longest = 0;
     for (size_t i = 0; i < n; i++) {
         if (cfg->pairs) {
             r[i].input_len = cfg->pairs[i % cfg->n_pairs][0];
@@ -365,13 +389,25 @@ static loom_status make_requests(const sb_config *cfg, sb_req **out, loom_err *e
         if (isfinite(cfg->rate) && i > 0) t += -log(1.0 - rng_unit(&s)) / cfg->rate;
         r[i].arrival = t;
         r[i].sent = r[i].first_token = r[i].last_token = r[i].done = -1;
-        r[i].prompt = malloc((size_t)r[i].input_len * sizeof *r[i].prompt);
-        if (!r[i].prompt) {
-            for (size_t j = 0; j < i; j++) free(r[j].prompt);
+        r[i].prompt_len = np + r[i].input_len; /* parse_flags checked that it fits */
+        if (r[i].input_len > longest) longest = r[i].input_len;
+        r[i].own = malloc((size_t)r[i].input_len * sizeof *r[i].own);
+        if (!r[i].own) {
+            for (size_t j = 0; j < i; j++) free(r[j].own);
             free(r);
             return loom_err_set(err, LOOM_ENOMEM, "out of memory for request %zu's prompt", i);
         }
-        for (int32_t k = 0; k < r[i].input_len; k++) r[i].prompt[k] = (int32_t)rng_range(&s, 3, cfg->vocab - 1);
+        for (int32_t k = 0; k < r[i].input_len; k++) r[i].own[k] = (int32_t)rng_range(&s, 3, cfg->vocab - 1);
+    }
+    if (np) {
+        *prompt_buf = malloc(((size_t)np + (size_t)longest) * sizeof **prompt_buf);
+        if (!*prompt_buf) {
+            for (size_t j = 0; j < n; j++) free(r[j].own);
+            free(r);
+            return loom_err_set(err, LOOM_ENOMEM, "out of memory for a %d-token shared prefix", np);
+        }
+        uint64_t ps = cfg->seed ^ SB_PREFIX_SALT;
+        for (int32_t k = 0; k < np; k++) (*prompt_buf)[k] = (int32_t)rng_range(&ps, 3, cfg->vocab - 1);
     }
     *out = r;
     return LOOM_OK;
@@ -410,6 +446,7 @@ static void *poll_stats(void *arg)
 typedef struct sb_run {
     sb_req *req;
     size_t n;
+    int32_t *prompt_buf;         /* with --shared-prefix: the prefix, then room for the longest own tokens */
     sb_errors errors;
     int64_t unattributed;        /* error chunks with no request id */
     int64_t extra_terminal;      /* terminal chunks after a request's first */
@@ -512,8 +549,12 @@ static loom_status run_bench(const sb_config *cfg, loom_client *c, sb_run *run, 
             loom_client_request q;
             loom_client_request_init(&q);
             q.request_id = id;
-            q.prompt_ids = r->prompt;
-            q.n_prompt_ids = (size_t)r->input_len;
+            q.prompt_ids = r->own;
+            if (cfg->shared_prefix) {
+                memcpy(run->prompt_buf + cfg->shared_prefix, r->own, (size_t)r->input_len * sizeof *r->own);
+                q.prompt_ids = run->prompt_buf;
+            }
+            q.n_prompt_ids = (size_t)r->prompt_len;
             q.max_new_tokens = r->output_len;
             q.stream = true;
             loom_err e2 = {0};
@@ -595,6 +636,12 @@ typedef struct sb_summary {
     sb_dist ttft, itl, e2e, tpot;  /* milliseconds */
     int32_t peak_running, peak_waiting;
     double peak_kv, mean_kv, peak_server_tps;
+    int64_t peak_kv_blocks, kv_blocks_total; /* blocks used at the peak; the pool (last sample) */
+    int32_t tokens_per_block;
+    double prefix_hit_rate;      /* the last sample's (the server's figure since it started) */
+    int64_t preemptions, refused; /* during the run: last sample - first sample */
+    int64_t timed_steps;          /* during the run, and the coordinator's step timing over them */
+    double step_cycle_ms, step_compute_ms, overhead_fraction;
 } sb_summary;
 
 static loom_status summarize(const sb_run *run, sb_itl *itl, const sb_poller *p, sb_summary *s, loom_err *err)
@@ -617,7 +664,7 @@ static loom_status summarize(const sb_run *run, sb_itl *itl, const sb_poller *p,
             continue;
         }
         s->completed++;
-        s->input_tokens += r->input_len;
+        s->input_tokens += r->prompt_len;
         s->requested_tokens += r->output_len;
         s->produced_tokens += r->produced;
         if (r->produced < r->output_len) s->early_stops++;
@@ -646,9 +693,28 @@ static loom_status summarize(const sb_run *run, sb_itl *itl, const sb_poller *p,
         if (x->waiting > s->peak_waiting) s->peak_waiting = x->waiting;
         if (x->kv_used_fraction > s->peak_kv) s->peak_kv = x->kv_used_fraction;
         if (x->tokens_per_s > s->peak_server_tps) s->peak_server_tps = x->tokens_per_s;
+        if (x->kv_blocks_used > s->peak_kv_blocks) s->peak_kv_blocks = x->kv_blocks_used;
         kv_sum += x->kv_used_fraction;
     }
     s->mean_kv = p->n ? kv_sum / (double)p->n : 0;
+    if (p->n) {
+        /* the server counts since it started: the run's share is the change */
+        const loom_client_server_stats *first = &p->samples[0].s, *last = &p->samples[p->n - 1].s;
+        s->kv_blocks_total = last->kv_blocks_total;
+        s->tokens_per_block = last->tokens_per_block;
+        s->prefix_hit_rate = last->prefix_hit_rate;
+        s->preemptions = last->preemptions - first->preemptions;
+        s->refused = last->refused - first->refused;
+        /* coordinator overhead over the run's timed steps */
+        s->timed_steps = last->timed_steps - first->timed_steps;
+        double cycle = last->step_cycle_ms * (double)last->timed_steps - first->step_cycle_ms * (double)first->timed_steps;
+        double compute = last->step_compute_ms * (double)last->timed_steps - first->step_compute_ms * (double)first->timed_steps;
+        if (s->timed_steps > 0 && cycle > 0) {
+            s->step_cycle_ms = cycle / (double)s->timed_steps;
+            s->step_compute_ms = compute / (double)s->timed_steps;
+            s->overhead_fraction = 1.0 - compute / cycle;
+        }
+    }
     return LOOM_OK;
 }
 
@@ -677,6 +743,7 @@ static loom_status write_json(const char *path, const sb_config *cfg, const sb_r
     }
     bad |= json_object_set_new(conf, "seed", json_integer((json_int_t)cfg->seed));
     bad |= json_object_set_new(conf, "vocab", json_integer(cfg->vocab));
+    bad |= json_object_set_new(conf, "shared_prefix", json_integer(cfg->shared_prefix));
     bad |= json_object_set_new(conf, "timeout_s", json_real(cfg->timeout_s));
     for (size_t i = 0; i < run->errors.n; i++)
         bad |= json_object_set_new(errs, run->errors.v[i].msg, json_integer(run->errors.v[i].count));
@@ -684,8 +751,10 @@ static loom_status write_json(const char *path, const sb_config *cfg, const sb_r
         if (s->finish[f]) bad |= json_object_set_new(fin, loom_client_finish_name((loom_client_finish)f), json_integer(s->finish[f]));
     for (size_t i = 0; i < p->n; i++) {
         const sb_sample *x = &p->samples[i];
-        bad |= json_array_append_new(samples, json_pack("[f, i, i, f, f]", x->t, x->s.running, x->s.waiting,
-                                                        x->s.kv_used_fraction, x->s.tokens_per_s));
+        bad |= json_array_append_new(samples, json_pack("[f, i, i, f, f, I, f, I, I]", x->t, x->s.running, x->s.waiting,
+                                                        x->s.kv_used_fraction, x->s.tokens_per_s,
+                                                        (json_int_t)x->s.kv_blocks_used, x->s.prefix_hit_rate,
+                                                        (json_int_t)x->s.preemptions, (json_int_t)x->s.refused));
     }
     bad |= json_object_set_new(server, "samples", json_integer((json_int_t)p->n));
     bad |= json_object_set_new(server, "failed_polls", json_integer(p->failures));
@@ -694,14 +763,26 @@ static loom_status write_json(const char *path, const sb_config *cfg, const sb_r
     bad |= json_object_set_new(server, "peak_kv_used_fraction", json_real(s->peak_kv));
     bad |= json_object_set_new(server, "mean_kv_used_fraction", json_real(s->mean_kv));
     bad |= json_object_set_new(server, "peak_tokens_per_s", json_real(s->peak_server_tps));
-    bad |= json_object_set_new(server, "series_columns", json_pack("[s, s, s, s, s]", "t_s", "running", "waiting",
-                                                                   "kv_used_fraction", "tokens_per_s"));
+    bad |= json_object_set_new(server, "peak_kv_blocks_used", json_integer(s->peak_kv_blocks));
+    bad |= json_object_set_new(server, "kv_blocks_total", json_integer(s->kv_blocks_total));
+    bad |= json_object_set_new(server, "tokens_per_block", json_integer(s->tokens_per_block));
+    bad |= json_object_set_new(server, "prefix_hit_rate", json_real(s->prefix_hit_rate));
+    bad |= json_object_set_new(server, "preemptions", json_integer(s->preemptions));
+    bad |= json_object_set_new(server, "refused", json_integer(s->refused));
+    bad |= json_object_set_new(server, "timed_steps", json_integer(s->timed_steps));
+    bad |= json_object_set_new(server, "step_cycle_ms", json_real(s->step_cycle_ms));
+    bad |= json_object_set_new(server, "step_compute_ms", json_real(s->step_compute_ms));
+    bad |= json_object_set_new(server, "coordinator_overhead_fraction", json_real(s->overhead_fraction));
+    bad |= json_object_set_new(server, "series_columns",
+                               json_pack("[s, s, s, s, s, s, s, s, s]", "t_s", "running", "waiting", "kv_used_fraction",
+                                         "tokens_per_s", "kv_blocks_used", "prefix_hit_rate", "preemptions", "refused"));
     json_object_set_new(server, "series", samples);
     samples = NULL;
     for (size_t i = 0; i < run->n; i++) {
         const sb_req *r = &run->req[i];
-        json_t *o = json_pack("{s:i, s:i, s:i, s:s, s:f, s:f, s:f, s:f}", "input_len", r->input_len, "output_len",
-                              r->output_len, "produced", r->produced, "finish", loom_client_finish_name(r->finish),
+        json_t *o = json_pack("{s:i, s:i, s:i, s:i, s:s, s:f, s:f, s:f, s:f}", "input_len", r->input_len, "prompt_len",
+                              r->prompt_len, "output_len", r->output_len, "produced", r->produced, "finish",
+                              loom_client_finish_name(r->finish),
                               "arrival_s", r->arrival, "sent_s", r->sent,
                               "ttft_ms", r->first_token >= 0 ? (r->first_token - r->sent) * 1e3 : -1.0,
                               "e2e_ms", r->done >= 0 && r->sent >= 0 ? (r->done - r->sent) * 1e3 : -1.0);
@@ -768,6 +849,7 @@ static void print_table(const sb_config *cfg, const sb_run *run, const sb_summar
     printf("============ loom serving benchmark ============\n");
     printf("%-28s %s\n", "endpoint", cfg->endpoint);
     printf("%-28s %s\n", "arrival rate", rate);
+    if (cfg->shared_prefix) printf("%-28s %" PRId64 " tokens\n", "shared prompt prefix", cfg->shared_prefix);
     printf("%-28s %" PRId64 " / %" PRId64 "\n", "completed / failed", s->completed, s->failed);
     printf("%-28s %.3f\n", "duration (s)", run->duration);
     printf("%-28s %" PRId64 "\n", "input tokens", s->input_tokens);
@@ -784,6 +866,13 @@ static void print_table(const sb_config *cfg, const sb_run *run, const sb_summar
                rows[i].d->p99);
     printf("%-28s %d / %d\n", "peak running / waiting", s->peak_running, s->peak_waiting);
     printf("%-28s %.1f%% (mean %.1f%%, %zu samples)\n", "peak KV use", 100 * s->peak_kv, 100 * s->mean_kv, p->n);
+    printf("%-28s %" PRId64 " / %" PRId64 " (%d tokens/block)\n", "peak KV blocks used / total", s->peak_kv_blocks,
+           s->kv_blocks_total, s->tokens_per_block);
+    printf("%-28s %.1f%%\n", "prefix cache hit rate", 100 * s->prefix_hit_rate);
+    printf("%-28s %" PRId64 " / %" PRId64 "\n", "preemptions / refused", s->preemptions, s->refused);
+    if (s->timed_steps > 0)
+        printf("%-28s %.2f%% of a %.3f ms step (compute %.3f ms, %" PRId64 " steps)\n", "coordinator overhead", 100 * s->overhead_fraction,
+               s->step_cycle_ms, s->step_compute_ms, s->timed_steps);
     printf("================================================\n");
 }
 
@@ -814,7 +903,7 @@ int main(int argc, char **argv)
     pthread_t poll_thread;
     bool polling = false;
     atomic_init(&poller.stop, false);
-    if (make_requests(&cfg, &run.req, &err) != LOOM_OK) goto out;
+    if (make_requests(&cfg, &run.req, &run.prompt_buf, &err) != LOOM_OK) goto out;
     run.n = (size_t)cfg.num_requests;
 
     /* connect waits for a health reply, so an unreachable server fails here, within the limit */
@@ -854,7 +943,8 @@ out:
     if (rc != 0) fprintf(stderr, "loom-serve-bench: %s\n", err.msg);
     loom_client_close(c);
     loom_client_close(poller.client);
-    for (size_t i = 0; i < run.n; i++) free(run.req[i].prompt);
+    for (size_t i = 0; i < run.n; i++) free(run.req[i].own);
+    free(run.prompt_buf);
     free(run.req);
     free(run.errors.v);
     free(itl.v);

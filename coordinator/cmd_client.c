@@ -52,7 +52,10 @@ static void client_usage(FILE *f)
             "  --idle-timeout SEC       give up when no token arrives for SEC seconds (default: none)\n"
             "  --health                 exit 0 if the cluster serves, 1 if not\n"
             "  --wait SEC               with --health: keep asking for up to SEC seconds\n"
-            "  --stats                  print the server's load as one JSON line\n"
+            "  --stats                  print the server's load as one JSON line: running, waiting,\n"
+            "                           tokens_per_s, kv_used_fraction, kv_blocks_{total,used,free,cached},\n"
+            "                           tokens_per_block, prefix_hit_rate, preemptions, refused, completed,\n"
+            "                           timed_steps, step_cycle_ms, step_compute_ms, overhead_fraction\n"
             "\n"
             "Exit status: 0 done, 1 the server failed or refused the request (message on stderr), 2 bad flags.\n");
 }
@@ -208,6 +211,20 @@ static int do_stats(const client_opts *o)
     json_object_set_new(root, "waiting", json_integer(s.waiting));
     json_object_set_new(root, "tokens_per_s", json_real(s.tokens_per_s));
     json_object_set_new(root, "kv_used_fraction", json_real(s.kv_used_fraction));
+    /* added later: after the original four keys, so they keep their place */
+    json_object_set_new(root, "kv_blocks_total", json_integer(s.kv_blocks_total));
+    json_object_set_new(root, "kv_blocks_used", json_integer(s.kv_blocks_used));
+    json_object_set_new(root, "kv_blocks_free", json_integer(s.kv_blocks_free));
+    json_object_set_new(root, "kv_blocks_cached", json_integer(s.kv_blocks_cached));
+    json_object_set_new(root, "tokens_per_block", json_integer(s.tokens_per_block));
+    json_object_set_new(root, "prefix_hit_rate", json_real(s.prefix_hit_rate));
+    json_object_set_new(root, "preemptions", json_integer(s.preemptions));
+    json_object_set_new(root, "refused", json_integer(s.refused));
+    json_object_set_new(root, "completed", json_integer(s.completed));
+    json_object_set_new(root, "timed_steps", json_integer(s.timed_steps));
+    json_object_set_new(root, "step_cycle_ms", json_real(s.step_cycle_ms));
+    json_object_set_new(root, "step_compute_ms", json_real(s.step_compute_ms));
+    json_object_set_new(root, "overhead_fraction", json_real(s.overhead_fraction));
     char *text = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(root);
     if (text) {

@@ -30,6 +30,10 @@ typedef struct serve_opts {
     int static_batching;
     float kv_fraction;
     int64_t kv_tokens;
+    int64_t tokens_per_block;
+    int kv_reuse;
+    int chunked;
+    int dummy;
 } serve_opts;
 
 static void serve_usage(FILE *f)
@@ -50,17 +54,25 @@ static void serve_usage(FILE *f)
             "  --scheduler inflight|static  in-flight batching (default): a finished sequence's slot\n"
             "                          takes a waiting request at the next step; static: a batch\n"
             "                          starts when the previous one has ended\n"
-            "  --max-num-tokens N      tokens per step; longer prompts are fed in chunks (default 512)\n"
+            "  --max-num-tokens N      tokens per step (default 512)\n"
+            "  --enable-chunked-context   prompts longer than a step's room are fed over several steps\n"
+            "                          (the default); --disable-chunked-context feeds each prompt in one\n"
+            "                          step and refuses prompts longer than --max-num-tokens\n"
             "  --max-seq-len N         prompt + new tokens per request (default: max_position_embeddings)\n"
             "  --device cpu|cuda       where the workers compute (default cpu; cuda: one GPU per\n"
             "                          worker, NCCL between them, fp16)\n"
+            "  --tokens-per-block N    tokens per paged KV block: 8, 16, 32, 64 (default) or 128\n"
+            "  --max-tokens-in-paged-kv-cache N    the KV pool in tokens (cpu default: max-batch-size x\n"
+            "                          max-seq-len; cuda: a cap on what the memory fraction gives)\n"
             "  --kv-cache-free-gpu-mem-fraction F  (cuda) KV pool share of the memory free after weights (0.9)\n"
-            "  --max-tokens-in-paged-kv-cache N    (cuda) cap the KV pool at N tokens\n"
+            "  --enable-kv-cache-reuse reuse the KV of full blocks of prompt tokens other requests computed\n"
+            "  --dummy-weights         (cuda, tp 1, pp 1) random weights of --model's config.json shapes,\n"
+            "                          for benchmarks; send prompt ids\n"
             "  --verbose               log requests and errors to stderr\n"
             "Query it with: loom client --endpoint ENDPOINT --prompt TEXT --max-new-tokens N\n");
 }
 
-enum { OPT_TP = 256, OPT_PP, OPT_PP_LAYERS, OPT_LISTEN, OPT_CONTROL, OPT_BATCH, OPT_TOKENS, OPT_SEQ, OPT_VERBOSE, OPT_DEVICE, OPT_KV_FRAC, OPT_KV_TOKENS, OPT_SCHED, OPT_HELP };
+enum { OPT_TP = 256, OPT_PP, OPT_PP_LAYERS, OPT_LISTEN, OPT_CONTROL, OPT_BATCH, OPT_TOKENS, OPT_SEQ, OPT_VERBOSE, OPT_DEVICE, OPT_KV_FRAC, OPT_KV_TOKENS, OPT_SCHED, OPT_TPB, OPT_REUSE, OPT_CHUNKED, OPT_NO_CHUNKED, OPT_DUMMY, OPT_HELP };
 
 /* Returns 0, 2 (usage error, message in err) or -1 (--help). */
 static int parse_args(int argc, char **argv, serve_opts *o, loom_err *err)
@@ -80,10 +92,17 @@ static int parse_args(int argc, char **argv, serve_opts *o, loom_err *err)
         {"scheduler", required_argument, 0, OPT_SCHED},
         {"kv-cache-free-gpu-mem-fraction", required_argument, 0, OPT_KV_FRAC},
         {"max-tokens-in-paged-kv-cache", required_argument, 0, OPT_KV_TOKENS},
+        {"tokens-per-block", required_argument, 0, OPT_TPB},
+        {"enable-kv-cache-reuse", no_argument, 0, OPT_REUSE},
+        {"enable-chunked-context", no_argument, 0, OPT_CHUNKED},
+        {"disable-chunked-context", no_argument, 0, OPT_NO_CHUNKED},
+        {"dummy-weights", no_argument, 0, OPT_DUMMY},
         {"help", no_argument, 0, OPT_HELP},
         {0, 0, 0, 0},
     };
     memset(o, 0, sizeof *o);
+    o->tokens_per_block = 64;
+    o->chunked = 1;
     o->listen = "tcp://127.0.0.1:5555";
     o->tp = o->pp = 1;
     o->max_batch = 8;
@@ -119,6 +138,15 @@ static int parse_args(int argc, char **argv, serve_opts *o, loom_err *err)
             else if (strcmp(optarg, "inflight")) st = loom_err_set(err, LOOM_EINVAL, "--scheduler must be inflight or static (got %s)", optarg);
             break;
         case OPT_KV_TOKENS: st = loom_parse_i64(optarg, 1, INT32_MAX, "--max-tokens-in-paged-kv-cache", &o->kv_tokens, err); break;
+        case OPT_TPB:
+            st = loom_parse_i64(optarg, 8, 128, "--tokens-per-block", &o->tokens_per_block, err);
+            if (st == LOOM_OK && (o->tokens_per_block & (o->tokens_per_block - 1)))
+                st = loom_err_set(err, LOOM_EINVAL, "--tokens-per-block must be a power of two in 8..128 (got %s)", optarg);
+            break;
+        case OPT_REUSE: o->kv_reuse = 1; break;
+        case OPT_CHUNKED: o->chunked = 1; break;
+        case OPT_NO_CHUNKED: o->chunked = 0; break;
+        case OPT_DUMMY: o->dummy = 1; break;
         case OPT_HELP: return -1;
         case ':': st = loom_err_set(err, LOOM_EINVAL, "option %s needs a value", argv[optind - 1]); break;
         default: st = loom_err_set(err, LOOM_EINVAL, "unknown option %s", argv[optind - 1]); break;
@@ -131,6 +159,10 @@ static int parse_args(int argc, char **argv, serve_opts *o, loom_err *err)
     }
     if (!o->model) {
         loom_err_set(err, LOOM_EINVAL, "--model DIR is required");
+        return 2;
+    }
+    if (o->dummy && (!o->cuda || o->tp != 1 || o->pp != 1)) {
+        loom_err_set(err, LOOM_EINVAL, "--dummy-weights needs --device cuda with --tp 1 and --pp 1");
         return 2;
     }
     if (strncmp(o->listen, "tcp://", 6) && strncmp(o->listen, "ipc://", 6)) {
@@ -200,7 +232,7 @@ static int run_coordinator(const serve_opts *o, int n_workers, int64_t max_seq, 
     loom_err err = {{0}};
     loom_server_opts so = {.model_dir = o->model, .listen = o->listen, .control_host = host, .tp = (int)o->tp, .pp = (int)o->pp,
                            .max_batch_size = o->max_batch, .max_num_tokens = o->max_tokens, .max_seq_len = max_seq, .verbose = o->verbose,
-                           .static_batching = o->static_batching};
+                           .static_batching = o->static_batching, .enable_kv_reuse = o->kv_reuse, .chunked_context = o->chunked};
     loom_server_install_signals();
     loom_server *s = loom_server_create(&so, n_workers, &err);
     if (!s) fprintf(stderr, "loom serve: coordinator: %s\n", err.msg);
@@ -244,7 +276,8 @@ static int run_worker(const serve_opts *o, MPI_Comm workers, int64_t max_seq)
     loom_err err = {{0}};
     loom_worker_opts wo = {.model_dir = o->model, .tp = (int)o->tp, .pp = (int)o->pp, .pp_layers = o->pp_layers,
                            .max_batch_size = o->max_batch, .max_num_tokens = o->max_tokens, .max_seq_len = max_seq, .verbose = o->verbose,
-                           .device_cuda = o->cuda, .kv_free_fraction = o->kv_fraction, .max_kv_tokens = o->kv_tokens};
+                           .device_cuda = o->cuda, .kv_free_fraction = o->kv_fraction, .max_kv_tokens = o->kv_tokens,
+                           .tokens_per_block = o->tokens_per_block, .dummy_weights = o->dummy};
     loom_worker *w = loom_worker_create(workers, &wo, &err);
     int rank;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);

@@ -13,8 +13,9 @@
 #include <unistd.h>
 #include <zmq.h>
 
-#include "../util/clock.h"
+#include "../kv/block_manager.h"
 #include "../proto/wire.h"
+#include "../util/clock.h"
 #include "../util/fileutil.h"
 #include "../worker/config.h"
 #include "../worker/sampler.h"
@@ -27,22 +28,33 @@
 
 typedef enum { REQ_WAITING, REQ_RUNNING, REQ_DONE } req_state;
 
+/* A request's tokens are one array: the prompt, then what it generated
+ * (prompt = toks, out = toks + n_prompt). "Known" tokens = n_prompt + n_out;
+ * `fed` of them have been planned (their KV is written or being written). A
+ * sequence feeds known[fed..) and samples when the chunk reaches the end. */
+
 typedef struct loom_req {
     char *id;
     uint8_t ident[MAX_IDENT];    /* the client's ROUTER identity */
     size_t ident_len;
     bool stream;
-    int32_t *prompt;
+    int32_t *toks;               /* (n_prompt + max_new) */
+    int32_t *prompt;             /* = toks */
     int64_t n_prompt;
     int64_t max_new;
     loom_sampling_params sp;
     int32_t stop_ids[MAX_STOP_IDS];
     int n_stop_ids;
-    int32_t *out;                /* (max_new) */
+    int32_t *out;                /* = toks + n_prompt, (max_new) */
     int64_t n_out;
     loom_textstream ts;
-    int64_t fed;                 /* prompt tokens fed so far */
+    int64_t fed;                 /* known tokens planned so far */
+    int64_t fed_at_start;        /* tokens already cached when (re)admitted */
     int64_t slot;
+    int64_t admit_order;         /* increasing per (re)admission: preemption takes the latest */
+    bool fresh;                  /* the next plan starts its slot afresh */
+    bool has_blocks;             /* registered in the block manager (under its slot) */
+    bool planned;                /* in the plan being built */
     req_state state;
 } loom_req;
 
@@ -50,6 +62,9 @@ typedef struct micro_batch {
     loom_req **reqs;             /* (max_batch_size) */
     int64_t n;
     uint64_t inflight;           /* step in flight, 0 = idle */
+    double published_at;         /* when its last plan went out */
+    double result_compute_ms;    /* the worker's compute time of its last result */
+    bool timing;                 /* a result arrived: time the cycle if the next plan goes out at once */
 } micro_batch;
 
 struct loom_server {
@@ -71,7 +86,14 @@ struct loom_server {
     Loom__PlanSequence **plan_seq_ptrs;
     Loom__SamplingParams *plan_sp;
     int32_t *positions;          /* (max_num_tokens) */
+    /* KV blocks: the manager exists once the workers reported their pools */
+    loom_block_manager *bm;
+    int64_t kv_blocks, tokens_per_block;
+    int64_t admit_counter;
     /* stats */
+    int64_t preemptions, refused, completed;
+    int64_t timed_steps;
+    double cycle_s, compute_s;   /* over the timed steps */
     int64_t tokens_total;
     double t_start, rate_t, rate_tokens, tokens_per_s;
 };
@@ -106,8 +128,7 @@ static void req_free(loom_req *r)
 {
     if (!r) return;
     free(r->id);
-    free(r->prompt);
-    free(r->out);
+    free(r->toks);
     loom_textstream_free(&r->ts);
     free(r);
 }
@@ -173,6 +194,17 @@ static bool send_chunk(loom_server *s, loom_req *r, int64_t from, Loom__FinishRe
     return ok;
 }
 
+/* Gives r's KV blocks back at once. Safe while a plan naming them is in flight:
+ * every worker runs plans in order, so a later plan that takes these blocks
+ * writes them after the in-flight one has read them (and r's result is ignored). */
+static void release_blocks(loom_server *s, loom_req *r)
+{
+    if (!r->has_blocks) return;
+    loom_err e;
+    loom_block_manager_free(s->bm, r->slot, &e);
+    r->has_blocks = false;
+}
+
 /* Ends r with a terminal chunk (unless the client is gone) and marks it done. */
 static void finish_req(loom_server *s, loom_req *r, int64_t from, Loom__FinishReason fin, const char *error)
 {
@@ -186,6 +218,8 @@ static void finish_req(loom_server *s, loom_req *r, int64_t from, Loom__FinishRe
     if (!r->stream) from = 0;
     send_chunk(s, r, from, fin, error);
     r->state = REQ_DONE;
+    s->completed++;
+    release_blocks(s, r);
 }
 
 /* --- admission ------------------------------------------------------------- */
@@ -248,14 +282,9 @@ static loom_status admit(loom_server *s, const uint8_t *ident, size_t ident_len,
         st = loom_err_set(err, LOOM_ENOMEM, "out of memory");
         goto fail;
     }
+    int32_t *encoded = NULL;
     if (g->n_prompt_ids > 0) {
         r->n_prompt = (int64_t)g->n_prompt_ids;
-        r->prompt = malloc(g->n_prompt_ids * sizeof *r->prompt);
-        if (!r->prompt) {
-            st = loom_err_set(err, LOOM_ENOMEM, "out of memory");
-            goto fail;
-        }
-        memcpy(r->prompt, g->prompt_ids, g->n_prompt_ids * sizeof *r->prompt);
     } else {
         if (!g->prompt || !g->prompt[0]) {
             st = loom_err_set(err, LOOM_EINVAL, "the prompt is empty (give prompt text or prompt_ids)");
@@ -266,13 +295,24 @@ static loom_status admit(loom_server *s, const uint8_t *ident, size_t ident_len,
             goto fail;
         }
         size_t n = 0;
-        LOOM_CHECK_GOTO(st, loom_tokenizer_encode(s->tok, g->prompt, strlen(g->prompt), true, &r->prompt, &n, err), fail);
+        LOOM_CHECK_GOTO(st, loom_tokenizer_encode(s->tok, g->prompt, strlen(g->prompt), true, &encoded, &n, err), fail);
         r->n_prompt = (int64_t)n;
         if (n == 0) {
+            free(encoded);
             st = loom_err_set(err, LOOM_EINVAL, "the prompt encodes to no tokens");
             goto fail;
         }
     }
+    r->toks = malloc((size_t)(r->n_prompt + r->max_new) * sizeof *r->toks);
+    if (!r->toks) {
+        free(encoded);
+        st = loom_err_set(err, LOOM_ENOMEM, "out of memory");
+        goto fail;
+    }
+    memcpy(r->toks, encoded ? encoded : g->prompt_ids, (size_t)r->n_prompt * sizeof *r->toks);
+    free(encoded);
+    r->prompt = r->toks;
+    r->out = r->toks + r->n_prompt;
     for (int64_t i = 0; i < r->n_prompt; i++)
         if (r->prompt[i] < 0 || r->prompt[i] >= s->cfg.vocab_size) {
             st = loom_err_set(err, LOOM_EINVAL, "prompt token id %d is outside the vocabulary [0, %lld)", r->prompt[i], (long long)s->cfg.vocab_size);
@@ -290,9 +330,13 @@ static loom_status admit(loom_server *s, const uint8_t *ident, size_t ident_len,
         }
         r->stop_ids[r->n_stop_ids++] = g->stop_ids[i];
     }
-    r->out = malloc((size_t)r->max_new * sizeof *r->out);
-    if (!r->out) {
-        st = loom_err_set(err, LOOM_ENOMEM, "out of memory");
+    if (!s->o.chunked_context && r->n_prompt > s->o.max_num_tokens) {
+        st = loom_err_set(err, LOOM_EINVAL, "prompt (%lld tokens) exceeds --max-num-tokens %lld; raise it or serve with --enable-chunked-context",
+                          (long long)r->n_prompt, (long long)s->o.max_num_tokens);
+        goto fail;
+    }
+    if (!loom_block_manager_can_admit(s->bm, r->n_prompt + r->max_new, err)) {
+        st = LOOM_EINVAL;
         goto fail;
     }
     LOOM_CHECK_GOTO(st, loom_textstream_init(&r->ts, s->tok, (const char *const *)g->stop, (int)g->n_stop, err), fail);
@@ -330,7 +374,24 @@ static void reply_stats(loom_server *s, const uint8_t *ident, size_t ident_len)
     sr.running = (int32_t)running;
     sr.waiting = (int32_t)s->n_waiting;
     sr.tokens_per_s = s->tokens_per_s;
-    sr.kv_used_fraction = (double)running / (double)s->o.max_batch_size;
+    loom_block_manager_stats bs;
+    loom_block_manager_stats_get(s->bm, &bs);
+    sr.kv_blocks_total = bs.n_blocks;
+    sr.kv_blocks_used = bs.used;
+    sr.kv_blocks_free = bs.free;
+    sr.kv_blocks_cached = bs.cached;
+    sr.tokens_per_block = (int32_t)bs.tokens_per_block;
+    sr.kv_used_fraction = bs.n_blocks ? (double)bs.used / (double)bs.n_blocks : 0.0;
+    sr.prefix_hit_rate = bs.prefix_query_tokens ? (double)bs.prefix_hit_tokens / (double)bs.prefix_query_tokens : 0.0;
+    sr.preemptions = s->preemptions;
+    sr.refused = s->refused;
+    sr.completed = s->completed;
+    sr.timed_steps = s->timed_steps;
+    if (s->timed_steps) {
+        sr.step_cycle_ms = s->cycle_s * 1e3 / (double)s->timed_steps;
+        sr.step_compute_ms = s->compute_s * 1e3 / (double)s->timed_steps;
+        sr.overhead_fraction = s->cycle_s > 0 ? 1.0 - s->compute_s / s->cycle_s : 0.0;
+    }
     Loom__Envelope env = LOOM__ENVELOPE__INIT;
     env.body_case = LOOM__ENVELOPE__BODY_STATS_REPLY;
     env.stats_reply = &sr;
@@ -357,8 +418,10 @@ static void on_client(loom_server *s)
     }
     switch (env->body_case) {
     case LOOM__ENVELOPE__BODY_GENERATE:
-        if (admit(s, ident, ident_len, env->generate, &err) != LOOM_OK)
+        if (admit(s, ident, ident_len, env->generate, &err) != LOOM_OK) {
+            s->refused++;
             send_error(s, ident, ident_len, env->generate->request_id, err.msg);
+        }
         break;
     case LOOM__ENVELOPE__BODY_CANCEL:
         cancel(s, ident, ident_len, env->cancel->request_id);
@@ -396,115 +459,253 @@ static bool batch_active(const loom_server *s)
     return false;
 }
 
-/* Frees the finished batch and starts the next one from the queue. */
+static int64_t known_len(const loom_req *r) { return r->n_prompt + r->n_out; }
+
+/* Puts r back at the front of the queue (a preempted request resumes first). */
+static loom_status push_front_waiting(loom_server *s, loom_req *r, loom_err *err)
+{
+    LOOM_CHECK(push_waiting(s, r, err));
+    memmove(s->waiting + 1, s->waiting, (size_t)(s->n_waiting - 1) * sizeof *s->waiting);
+    s->waiting[0] = r;
+    return LOOM_OK;
+}
+
+/* Gives r a slot's sequence in the block manager and maps the longest cached
+ * prefix of its known tokens. On failure (out of memory) r stays waiting. */
+static loom_status seat(loom_server *s, loom_req *r, int64_t slot, loom_err *err)
+{
+    LOOM_CHECK(loom_block_manager_add(s->bm, slot, 0, known_len(r) + (r->max_new - r->n_out), err));
+    int64_t cached = 0;
+    loom_status st = loom_block_manager_match_prefix(s->bm, slot, r->toks, known_len(r), &cached, err);
+    if (st != LOOM_OK) {
+        loom_err e;
+        loom_block_manager_free(s->bm, slot, &e);
+        return st;
+    }
+    r->slot = slot;
+    r->has_blocks = true;
+    r->fed = r->fed_at_start = cached;
+    r->fresh = true;
+    r->admit_order = ++s->admit_counter;
+    r->state = REQ_RUNNING;
+    return LOOM_OK;
+}
+
+/* Blocks the running sequences still need for the known tokens they have not
+ * fed yet (prompts being fed in chunks). */
+static int64_t pending_blocks(const loom_server *s)
+{
+    int64_t n = 0;
+    for (int64_t i = 0; i < s->n_batch; i++) {
+        const loom_req *r = s->batch[i];
+        if (r && r->state == REQ_RUNNING && r->has_blocks && r->fed < known_len(r))
+            n += loom_block_manager_blocks_needed(s->bm, r->slot, known_len(r) - r->fed);
+    }
+    return n;
+}
+
+/* Whether the head of the queue fits now: the blocks its unfed tokens need,
+ * beside what running prompts still need, within what the pool can give. With
+ * nothing running it is always let in (it fits an empty pool: admission
+ * checked that). */
+static bool fits_now(loom_server *s, loom_req *r, int64_t slot, int64_t pending, bool anyone_running, loom_err *err)
+{
+    if (seat(s, r, slot, err) != LOOM_OK) return false;
+    int64_t need = loom_block_manager_blocks_needed(s->bm, slot, known_len(r) - r->fed);
+    if (!anyone_running || need + pending <= loom_block_manager_available(s->bm)) return true;
+    loom_block_manager_free(s->bm, slot, err); /* not yet: give its matched blocks back */
+    r->has_blocks = false;
+    r->state = REQ_WAITING;
+    return false;
+}
+
+/* Drops preempted requests (now waiting again) from a micro-batch; with
+ * free_done, also frees finished ones and their slots. */
+static void mb_compact(loom_server *s, micro_batch *mb, bool free_done)
+{
+    int64_t k = 0;
+    for (int64_t i = 0; i < mb->n; i++) {
+        loom_req *r = mb->reqs[i];
+        if (r->state == REQ_WAITING) continue;
+        if (free_done && r->state == REQ_DONE) {
+            s->batch[r->slot] = NULL;
+            req_free(r);
+            continue;
+        }
+        mb->reqs[k++] = r;
+    }
+    mb->n = k;
+}
+
+/* Frees the finished batch and starts the next one from the queue: as many
+ * requests as fit (at least one). */
 static void start_batch(loom_server *s)
 {
     for (int64_t i = 0; i < s->n_batch; i++) {
         req_free(s->batch[i]);
         s->batch[i] = NULL;
     }
-    int64_t n = s->n_waiting < s->o.max_batch_size ? s->n_waiting : s->o.max_batch_size;
-    s->n_batch = n;
-    s->n_mbs = (int)(n < s->o.pp ? n : s->o.pp);
     for (int i = 0; i < s->o.pp; i++) {
         s->mbs[i].n = 0;
         s->mbs[i].inflight = 0;
     }
-    for (int64_t i = 0; i < n; i++) {
-        loom_req *r = s->waiting[i];
-        r->slot = i;
-        r->state = REQ_RUNNING;
-        s->batch[i] = r;
-        micro_batch *mb = &s->mbs[i % s->n_mbs];
-        mb->reqs[mb->n++] = r;
+    int64_t n = 0, pending = 0;
+    loom_err err;
+    while (n < s->o.max_batch_size && s->n_waiting > 0) {
+        loom_req *r = s->waiting[0];
+        if (!fits_now(s, r, n, pending, n > 0, &err)) break;
+        pending += loom_block_manager_blocks_needed(s->bm, n, known_len(r) - r->fed);
+        s->batch[n++] = r;
+        memmove(s->waiting, s->waiting + 1, (size_t)(s->n_waiting - 1) * sizeof *s->waiting);
+        s->n_waiting--;
     }
-    memmove(s->waiting, s->waiting + n, (size_t)(s->n_waiting - n) * sizeof *s->waiting);
-    s->n_waiting -= n;
+    s->n_batch = n;
+    s->n_mbs = (int)(n < s->o.pp ? n : s->o.pp);
+    for (int64_t i = 0; i < n; i++) {
+        micro_batch *mb = &s->mbs[i % s->n_mbs];
+        mb->reqs[mb->n++] = s->batch[i];
+    }
 }
 
 /* In-flight batching: slots whose request ended (and whose micro-batch has no
  * plan in flight that still names them) are freed, then waiting requests take
- * free slots; slot i always belongs to micro-batch i % pp. */
+ * free slots while the pool has room for them; slot i always belongs to
+ * micro-batch i % pp. */
 static void admit_inflight(loom_server *s)
 {
-    for (int m = 0; m < s->n_mbs; m++) {
-        micro_batch *mb = &s->mbs[m];
-        if (mb->inflight) continue;
-        int64_t k = 0;
-        for (int64_t i = 0; i < mb->n; i++) {
-            loom_req *r = mb->reqs[i];
-            if (r->state == REQ_DONE) {
-                s->batch[r->slot] = NULL;
-                req_free(r);
-            } else {
-                mb->reqs[k++] = r;
-            }
-        }
-        mb->n = k;
-    }
+    for (int m = 0; m < s->n_mbs; m++)
+        if (!s->mbs[m].inflight) mb_compact(s, &s->mbs[m], true);
+    bool running = false;
+    for (int64_t i = 0; i < s->n_batch; i++) running |= s->batch[i] != NULL;
+    int64_t pending = -1;
+    loom_err err;
     for (int64_t slot = 0; slot < s->n_batch && s->n_waiting > 0; slot++) {
         if (s->batch[slot]) continue;
+        micro_batch *mb = &s->mbs[slot % s->n_mbs];
+        if (mb->inflight) continue;
         loom_req *r = s->waiting[0];
+        if (pending < 0) pending = pending_blocks(s);
+        if (!fits_now(s, r, slot, pending, running, &err)) break;
+        pending += loom_block_manager_blocks_needed(s->bm, slot, known_len(r) - r->fed);
+        running = true;
         memmove(s->waiting, s->waiting + 1, (size_t)(s->n_waiting - 1) * sizeof *s->waiting);
         s->n_waiting--;
-        r->slot = slot;
-        r->state = REQ_RUNNING;
         s->batch[slot] = r;
-        micro_batch *mb = &s->mbs[slot % s->n_mbs];
         mb->reqs[mb->n++] = r;
     }
 }
 
+/* Preempts r: its blocks go back now (full prompt blocks stay cached with
+ * reuse on), and it waits at the front of the queue to be recomputed from its
+ * prompt and the tokens it already streamed. Only requests whose micro-batch
+ * has no plan in flight are preempted, so no result can name them. */
+static void preempt(loom_server *s, loom_req *r)
+{
+    release_blocks(s, r);
+    s->batch[r->slot] = NULL;
+    r->state = REQ_WAITING;
+    s->preemptions++;
+    loom_err err;
+    if (push_front_waiting(s, r, &err) != LOOM_OK) { /* out of memory: it cannot wait, so it ends */
+        r->state = REQ_RUNNING;
+        finish_req(s, r, r->n_out, LOOM__FINISH_REASON__FINISH_ERROR, "preempted, and out of memory to queue it again");
+        return;
+    }
+    if (s->o.verbose)
+        fprintf(stderr, "loom serve: KV pool full: request %s preempted after %lld tokens (recomputed later)\n", r->id, (long long)r->n_out);
+}
+
+/* Makes room for `need` blocks for r: preempts the most recently admitted
+ * running sequence (not in flight, not already in this plan) while the pool
+ * is short. Returns true if r may append; false if r itself was the latest
+ * (and is preempted) or no one can give way yet (r waits a step). */
+static bool make_room(loom_server *s, loom_req *r, int64_t need)
+{
+    while (need > loom_block_manager_available(s->bm)) {
+        loom_req *victim = NULL;
+        for (int m = 0; m < s->n_mbs; m++) {
+            if (s->mbs[m].inflight) continue;
+            for (int64_t i = 0; i < s->mbs[m].n; i++) {
+                loom_req *q = s->mbs[m].reqs[i];
+                if (q == r || q->state != REQ_RUNNING || !q->has_blocks || q->planned) continue;
+                if (!victim || q->admit_order > victim->admit_order) victim = q;
+            }
+        }
+        if (!victim) return false;
+        if (victim->admit_order < r->admit_order) {
+            preempt(s, r);
+            return false;
+        }
+        preempt(s, victim);
+    }
+    return true;
+}
+
 /* Builds and publishes the next plan of a micro-batch: decode tokens first,
- * then prompt chunks in the room left under max_num_tokens. */
+ * then prompt chunks (and recomputes) in the room left under max_num_tokens;
+ * takes the blocks each sequence needs, preempting when the pool is short. */
 static loom_status publish_plan(loom_server *s, micro_batch *mb, loom_err *err)
 {
+    bool timing = mb->timing;
+    mb->timing = false; /* a cycle counts only if this very call publishes */
     size_t n_seqs = 0;
     int64_t used = 0;
     for (int pass = 0; pass < 2; pass++) {
         for (int64_t i = 0; i < mb->n; i++) {
             loom_req *r = mb->reqs[i];
-            if (r->state != REQ_RUNNING) continue;
-            bool decoding = r->fed == r->n_prompt;
+            if (r->state != REQ_RUNNING || r->planned) continue;
+            int64_t left = known_len(r) - r->fed;
+            if (left <= 0) continue;
+            bool decoding = left == 1 && r->n_out > 0 && !r->fresh;
             if ((pass == 0) != decoding) continue;
             int64_t room = s->o.max_num_tokens - used;
             if (room <= 0) break;
+            int64_t n = left < room ? left : room;
+            if (n < left && !s->o.chunked_context && r->n_out == 0) continue; /* the whole prompt in one step, later
+                                                                                 (a recompute may still be chunked) */
+            if (!make_room(s, r, loom_block_manager_blocks_needed(s->bm, r->slot, n))) continue;
+            LOOM_CHECK(loom_block_manager_append_tokens(s->bm, r->slot, r->toks + r->fed, n, err));
+            const int32_t *table;
+            int64_t n_table;
+            LOOM_CHECK(loom_block_manager_table(s->bm, r->slot, &table, &n_table, err));
             Loom__PlanSequence *ps = &s->plan_seqs[n_seqs];
             Loom__SamplingParams *sp = &s->plan_sp[n_seqs];
             loom__plan_sequence__init(ps);
             loom__sampling_params__init(sp);
             ps->seq_id = (uint64_t)r->slot;
-            int64_t pos0, n;
-            if (decoding) {
-                ps->token_ids = &r->out[r->n_out - 1];
-                n = 1;
-                pos0 = r->n_prompt + r->n_out - 1;
-                ps->sample = 1;
-            } else {
-                n = r->n_prompt - r->fed < room ? r->n_prompt - r->fed : room;
-                ps->token_ids = r->prompt + r->fed;
-                pos0 = r->fed;
-                ps->start = r->fed == 0;
-                ps->sample = r->fed + n == r->n_prompt;
-                r->fed += n;
-            }
+            ps->token_ids = r->toks + r->fed;
             ps->n_token_ids = (size_t)n;
             ps->positions = s->positions + used;
             ps->n_positions = (size_t)n;
-            for (int64_t k = 0; k < n; k++) s->positions[used + k] = (int32_t)(pos0 + k);
-            if (ps->start) {
+            for (int64_t k = 0; k < n; k++) s->positions[used + k] = (int32_t)(r->fed + k);
+            ps->block_table = (int32_t *)table;
+            ps->n_block_table = (size_t)n_table;
+            ps->sample = r->fed + n == known_len(r);
+            if (r->fresh) {
+                ps->start = 1;
                 sp->temperature = r->sp.temperature;
                 sp->top_k = r->sp.top_k;
                 sp->top_p = r->sp.top_p;
                 sp->repetition_penalty = r->sp.repetition_penalty;
                 sp->seed = r->sp.seed;
                 ps->sampling = sp;
+                ps->samples_before = (int32_t)r->n_out;
+                if (r->sp.repetition_penalty != 1.0f && r->fed > 0) {
+                    ps->history_prefix = r->toks;
+                    ps->n_history_prefix = (size_t)r->fed;
+                }
+                r->fresh = false;
             }
+            r->fed += n;
+            r->planned = true;
             s->plan_seq_ptrs[n_seqs++] = ps;
             used += n;
         }
     }
+    for (int64_t i = 0; i < mb->n; i++) mb->reqs[i]->planned = false;
+    mb_compact(s, mb, false);
     if (n_seqs == 0) return LOOM_OK;
+    mb->timing = timing;
     Loom__BatchPlan plan = LOOM__BATCH_PLAN__INIT;
     plan.step = s->next_step++;
     plan.n_seqs = n_seqs;
@@ -514,6 +715,13 @@ static loom_status publish_plan(loom_server *s, micro_batch *mb, loom_err *err)
     env.plan = &plan;
     LOOM_CHECK(loom_wire_send(s->pub, &env, 0, err));
     mb->inflight = plan.step;
+    double t = loom_now_s();
+    if (mb->timing) {
+        s->timed_steps++;
+        s->cycle_s += t - mb->published_at;
+        s->compute_s += mb->result_compute_ms * 1e-3;
+    }
+    mb->published_at = t;
     return LOOM_OK;
 }
 
@@ -577,6 +785,18 @@ static loom_status on_result(loom_server *s, loom_err *err)
         return loom_err_set(err, LOOM_EINTERNAL, "result for step %llu does not match a plan in flight", (unsigned long long)res->step);
     }
     mb->inflight = 0;
+    mb->timing = true;
+    mb->result_compute_ms = res->compute_ms;
+    if (s->o.enable_kv_reuse) /* the plan's KV is written: its full prompt blocks may be shared now */
+        for (int64_t i = 0; i < mb->n; i++) {
+            loom_req *r = mb->reqs[i];
+            if (r->state != REQ_RUNNING || !r->has_blocks) continue;
+            loom_err e;
+            if (loom_block_manager_commit_full_blocks(s->bm, r->slot, r->fed < r->n_prompt ? r->fed : r->n_prompt, &e) != LOOM_OK) {
+                loom_wire_free(env);
+                return loom_err_set(err, LOOM_EINTERNAL, "%s", e.msg);
+            }
+        }
     for (size_t i = 0; i < res->n_seq_ids; i++) {
         if (res->seq_ids[i] >= (uint64_t)s->n_batch) continue;
         loom_req *r = s->batch[res->seq_ids[i]];
@@ -600,8 +820,9 @@ static void fail_all(loom_server *s, const char *msg)
         if (r && r->state == REQ_RUNNING) finish_req(s, r, r->stream ? r->n_out : 0, LOOM__FINISH_REASON__FINISH_ERROR, msg);
     }
     for (int64_t i = 0; i < s->n_waiting; i++) {
-        finish_req(s, s->waiting[i], 0, LOOM__FINISH_REASON__FINISH_ERROR, msg);
-        req_free(s->waiting[i]);
+        loom_req *r = s->waiting[i]; /* a preempted one may have streamed already */
+        finish_req(s, r, r->stream ? r->n_out : 0, LOOM__FINISH_REASON__FINISH_ERROR, msg);
+        req_free(r);
     }
     s->n_waiting = 0;
 }
@@ -709,21 +930,32 @@ static loom_status wait_workers(loom_server *s, loom_err *err)
             while (loom_wire_recv(s->pull, ZMQ_DONTWAIT, &r, &rerr) == LOOM_OK) {
                 if (r->body_case == LOOM__ENVELOPE__BODY_RESULT && r->result->step == 0 && r->result->worker >= 0 &&
                     r->result->worker < s->n_workers && !seen[r->result->worker]) {
-                    seen[r->result->worker] = true;
+                    const Loom__StepResult *pr = r->result;
+                    seen[pr->worker] = true;
                     n_seen++;
+                    if (pr->kv_blocks < 1 || pr->tokens_per_block < 1)
+                        st = loom_err_set(err, LOOM_EINTERNAL, "worker %d reported no KV pool", pr->worker);
+                    else if (s->tokens_per_block && pr->tokens_per_block != s->tokens_per_block)
+                        st = loom_err_set(err, LOOM_EINTERNAL, "workers disagree on the KV block size (%d vs %lld tokens)", pr->tokens_per_block,
+                                          (long long)s->tokens_per_block);
+                    s->tokens_per_block = pr->tokens_per_block;
+                    if (!s->kv_blocks || pr->kv_blocks < s->kv_blocks) s->kv_blocks = pr->kv_blocks;
                 }
                 loom_wire_free(r);
             }
         }
+        if (st != LOOM_OK) break;
     }
     free(seen);
+    if (st == LOOM_OK && !(s->bm = loom_block_manager_create(s->kv_blocks, s->tokens_per_block, s->o.enable_kv_reuse, err))) st = LOOM_EINVAL;
     return st;
 }
 
 loom_status loom_server_run(loom_server *s, loom_err *err)
 {
     LOOM_CHECK(wait_workers(s, err));
-    fprintf(stderr, "loom serve: %d workers ready (tp %d, pp %d); listening on %s\n", s->n_workers, s->o.tp, s->o.pp, s->o.listen);
+    fprintf(stderr, "loom serve: %d workers ready (tp %d, pp %d); KV pool %lld blocks of %lld tokens%s; listening on %s\n", s->n_workers, s->o.tp,
+            s->o.pp, (long long)s->kv_blocks, (long long)s->tokens_per_block, s->o.enable_kv_reuse ? ", prefix reuse on" : "", s->o.listen);
     loom_status st = LOOM_OK;
     while (!g_stop) {
         if (s->o.static_batching) {
@@ -800,5 +1032,6 @@ void loom_server_destroy(loom_server *s)
     free(s->positions);
     loom_tokenizer_destroy(s->tok);
     loom_config_free(&s->cfg);
+    loom_block_manager_destroy(s->bm);
     free(s);
 }

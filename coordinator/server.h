@@ -1,11 +1,19 @@
 /* The coordinator (MPI rank 0) of `loom serve`: a ZeroMQ ROUTER for clients,
  * a PUB for BatchPlans and a PULL for StepResults; it tokenizes, validates,
- * batches (static batching: up to max_batch_size requests start together,
- * split into PP micro-batches that are in flight at once), detokenizes and
- * streams, and gives every request exactly one terminal chunk. Scheduling is
- * in-flight (a finished sequence's slot takes the next waiting request at the
- * next step, new prompts are fed in chunks beside running decodes) or, with
- * static_batching, one batch at a time. */
+ * batches (split into PP micro-batches that are in flight at once),
+ * detokenizes and streams, and gives every request exactly one terminal chunk.
+ * Scheduling is in-flight (a finished sequence's slot takes the next waiting
+ * request at the next step, new prompts are fed in chunks beside running
+ * decodes) or, with static_batching, one batch at a time.
+ *
+ * KV: the coordinator owns the block manager (kv/block_manager.h) over a pool
+ * as large as the smallest worker's (each reports its size when it first
+ * answers); every PlanSequence carries its block table. A request that could
+ * never fit the pool is refused at admission; when the pool runs out, the most
+ * recently admitted sequences are preempted (their blocks freed, the request
+ * queued again at the front and recomputed later, streaming on where it
+ * stopped). With enable_kv_reuse, full blocks of prompt tokens are cached and
+ * matched by later requests. */
 #ifndef LOOM_COORDINATOR_SERVER_H
 #define LOOM_COORDINATOR_SERVER_H
 
@@ -23,6 +31,10 @@ typedef struct loom_server_opts {
     int64_t max_seq_len;        /* prompt + new tokens */
     int verbose;
     int static_batching;        /* 1: --scheduler static (a batch starts when the last ends) */
+    int enable_kv_reuse;        /* reuse cached full blocks of prompt tokens across requests */
+    int chunked_context;        /* 1: prompts longer than the step's room are fed over several
+                                   steps; 0: a prompt is fed in one step (and one longer than
+                                   max_num_tokens is refused) */
 } loom_server_opts;
 
 typedef struct loom_server loom_server;

@@ -57,6 +57,21 @@ typedef struct loom_ops {
                       int64_t kv_stride, int64_t n_heads, int64_t n_kv_heads,
                       int64_t head_dim, int64_t window, float scale);
 
+    /* The same attention over a paged KV cache (kv/kv_cache.h): the K row
+     * (n_kv_heads, head_dim) of position j lives at
+     *   k + table[j / tokens_per_block] * block_stride
+     *     + (j % tokens_per_block) * row_stride
+     * and the V row at the same offset from v (strides in floats,
+     * row_stride >= n_kv_heads*head_dim, tokens_per_block >= 1); table holds
+     * the block ids of positions 0..kv_len-1 in order. On the CPU the
+     * result does not depend on tokens_per_block, the table or the strides
+     * (bitwise): a paged cache gives exactly what a contiguous one gives. */
+    void (*attention_paged)(float *out, const float *q, const float *k, const float *v,
+                            const int32_t *q_pos, int64_t n_q, int64_t kv_len,
+                            const int32_t *table, int64_t tokens_per_block, int64_t block_stride,
+                            int64_t row_stride, int64_t n_heads, int64_t n_kv_heads,
+                            int64_t head_dim, int64_t window, float scale);
+
     /* out (n) = silu(gate) * up;  silu(x) = x / (1 + exp(-x)). out may alias gate. */
     void (*swiglu)(float *out, const float *gate, const float *up, int64_t n);
 

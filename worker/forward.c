@@ -1,6 +1,7 @@
 /* The Llama-family forward pass (Llama 2/3, Mistral, Qwen2) over the op table,
  * for one partition and a batch of sequences. Matmuls run over all tokens of
- * the batch at once; attention runs per sequence over its own KV cache. Each
+ * the batch at once; attention runs per sequence over its own KV cache (a
+ * block table over a paged pool, or a standalone one-block cache). Each
  * line names the transformers code it matches. With tensor parallelism the
  * o_proj and down_proj outputs are partial sums, all-reduced over the group;
  * with pipeline parallelism the residual stream travels stage to stage. */
@@ -25,9 +26,13 @@ static loom_status check_batch(const loom_model *m, const loom_batch *b, int64_t
     for (int64_t s = 0; s < b->n_seqs; s++) {
         int64_t n = b->seq_start[s + 1] - b->seq_start[s];
         if (n < 1) return loom_err_set(err, LOOM_EINTERNAL, "sequence %lld of the batch has no tokens", (long long)s);
-        if (b->kv[s]->len + n > b->kv[s]->max_seq)
+        const loom_kv_cache *kv = b->kv[s];
+        if (!kv->pool || kv->n_layers != m->shard.layer_end - m->shard.layer_begin || kv->n_kv_heads != m->n_kv_local ||
+            kv->head_dim != m->cfg.head_dim)
+            return loom_err_set(err, LOOM_EINTERNAL, "the KV cache of sequence %lld does not match this partition's shape", (long long)s);
+        if (kv->len + n > kv->max_seq)
             return loom_err_set(err, LOOM_EINVAL, "sequence of %lld tokens does not fit its KV cache (%lld positions)",
-                                (long long)(b->kv[s]->len + n), (long long)b->kv[s]->max_seq);
+                                (long long)(kv->len + n), (long long)kv->max_seq);
     }
     *n_tokens = b->seq_start[b->n_seqs];
     if (*n_tokens > rs->max_tokens)
@@ -37,6 +42,19 @@ static loom_status check_batch(const loom_model *m, const loom_batch *b, int64_t
             if (b->tokens[i] < 0 || b->tokens[i] >= m->cfg.vocab_size)
                 return loom_err_set(err, LOOM_EINVAL, "token id %d is outside the vocabulary [0, %lld)", b->tokens[i], (long long)m->cfg.vocab_size);
     return LOOM_OK;
+}
+
+/* past_key_values.update(...) for one layer: rows kv->len .. kv->len+n-1,
+ * copied in runs that stay inside a block. k, v (n, n_kv_heads, head_dim). */
+static void kv_append(const loom_kv_cache *kv, int64_t layer, const float *k, const float *v, int64_t n)
+{
+    const int64_t B = kv->pool->tokens_per_block, row = loom_kv_stride(kv);
+    for (int64_t t = 0; t < n;) {
+        const int64_t pos = kv->len + t, left = B - pos % B, run = n - t < left ? n - t : left;
+        memcpy(loom_kv_k_row(kv, layer, pos), k + t * row, (size_t)(run * row) * sizeof(float));
+        memcpy(loom_kv_v_row(kv, layer, pos), v + t * row, (size_t)(run * row) * sizeof(float));
+        t += run;
+    }
 }
 
 static loom_status tp_sum(const loom_model *m, float *buf, int64_t n, loom_err *err)
@@ -114,14 +132,15 @@ loom_status loom_model_forward_batch(loom_model *m, const loom_batch *b, loom_er
         ops->rope(rs->q, rs->pos, T, Hl, hd, rs->inv_freq);
         ops->rope(rs->k, rs->pos, T, KVl, hd, rs->inv_freq);
         for (int64_t s = 0; s < b->n_seqs; s++) {
-            loom_kv_cache *kv = b->kv[s];
+            const loom_kv_cache *kv = b->kv[s];
+            const loom_kv_pool *P = kv->pool;
             const int64_t t0 = b->seq_start[s], n = b->seq_start[s + 1] - t0;
             /* past_key_values.update(key_states, value_states, layer_idx) */
-            memcpy(loom_kv_k(kv, l, kv->len), rs->k + t0 * kd, (size_t)(n * kd) * sizeof(float));
-            memcpy(loom_kv_v(kv, l, kv->len), rs->v + t0 * kd, (size_t)(n * kd) * sizeof(float));
+            kv_append(kv, l, rs->k + t0 * kd, rs->v + t0 * kd, n);
             /* attn_output = eager_attention_forward(...) with the causal (sliding-window) mask */
-            ops->attention(rs->att + t0 * qd, rs->q + t0 * qd, loom_kv_k(kv, l, 0), loom_kv_v(kv, l, 0), rs->pos + t0, n,
-                           kv->len + n, loom_kv_stride(kv), Hl, KVl, hd, window, scale);
+            ops->attention_paged(rs->att + t0 * qd, rs->q + t0 * qd, loom_kv_pool_k(P, l), loom_kv_pool_v(P, l),
+                                 rs->pos + t0, n, kv->len + n, kv->table, P->tokens_per_block,
+                                 loom_kv_pool_block_stride(P), loom_kv_pool_row(P), Hl, KVl, hd, window, scale);
         }
         /* hidden_states = residual + self.o_proj(attn_output) (partial sums over TP) */
         linear(ops, rs->xb, rs->att, L->wo, L->bo, T, qd, H);

@@ -43,6 +43,8 @@ struct loom_gpu_model {
     int64_t n_free;
     int32_t *seq_blocks;         /* (max_seqs, max_blocks_per_seq) host */
     int64_t *seq_len;            /* (max_seqs) host */
+    int64_t *seq_nb;             /* (max_seqs) blocks in a bound table (external mode) */
+    bool external;               /* tables come from loom_gpu_seq_bind, not the free list */
     /* activations (device) */
     void *x, *xn, *qkv, *att, *o_out, *gu, *h, *mlp, *last, *logits_act;
     float *logits;
@@ -132,22 +134,22 @@ static loom_status upload(loom_gpu_model *m, void *dst, int64_t dst_off, const v
     return LOOM_OK;
 }
 
-static loom_status init_common(loom_gpu_model *m, const loom_config *cfg, const loom_gpu_opts *o, const loom_model *hm,
-                               const loom_gpu_dist *dist, loom_err *err)
+static loom_status init_common(loom_gpu_model *m, const loom_config *cfg, const loom_gpu_opts *o, const loom_shard *sh,
+                               const loom_shard_dims *dm, const loom_gpu_dist *dist, loom_err *err)
 {
-    /* the partition's shapes: the host model's when given, else the whole model */
+    /* the partition's shapes (loom_shard_dims_make) */
     m->dist = dist;
-    m->nh = hm ? hm->n_heads_local : cfg->n_heads;
-    m->nkv = hm ? hm->n_kv_local : cfg->n_kv_heads;
-    m->inter = hm ? hm->inter_local : cfg->intermediate_size;
-    m->l0 = hm ? hm->shard.layer_begin : 0;
-    m->nl = hm ? hm->shard.layer_end - hm->shard.layer_begin : cfg->n_layers;
-    m->tp = hm ? hm->shard.tp_size : 1;
-    m->tp_rank = hm ? hm->shard.tp_rank : 0;
-    m->is_first = hm ? hm->shard.pp_rank == 0 : 1;
-    m->is_last = hm ? hm->shard.pp_rank == hm->shard.pp_size - 1 : 1;
-    m->vl = hm ? hm->vocab_local : cfg->vocab_size;
-    m->vrows = hm ? hm->v_rows : cfg->vocab_size;
+    m->nh = dm->n_heads_local;
+    m->nkv = dm->n_kv_local;
+    m->inter = dm->inter_local;
+    m->l0 = sh->layer_begin;
+    m->nl = sh->layer_end - sh->layer_begin;
+    m->tp = sh->tp_size;
+    m->tp_rank = sh->tp_rank;
+    m->is_first = sh->pp_rank == 0;
+    m->is_last = sh->pp_rank == sh->pp_size - 1;
+    m->vl = dm->vocab_local;
+    m->vrows = dm->v_rows;
     if ((m->tp > 1 || !m->is_first || !m->is_last) && !dist) return loom_err_set(err, LOOM_EINTERNAL, "a partitioned GPU model needs data-plane hooks");
     m->o = *o;
     const char *g = getenv("LOOM_CUDA_GRAPHS");
@@ -280,7 +282,8 @@ static loom_status alloc_runtime(loom_gpu_model *m, loom_err *err)
     m->free_blocks = malloc((size_t)blocks * sizeof *m->free_blocks);
     m->seq_blocks = calloc((size_t)(S * m->max_blocks_per_seq), sizeof *m->seq_blocks);
     m->seq_len = calloc((size_t)S, sizeof *m->seq_len);
-    if (!m->free_blocks || !m->seq_blocks || !m->seq_len) return loom_err_set(err, LOOM_ENOMEM, "out of memory");
+    m->seq_nb = calloc((size_t)S, sizeof *m->seq_nb);
+    if (!m->free_blocks || !m->seq_blocks || !m->seq_len || !m->seq_nb) return loom_err_set(err, LOOM_ENOMEM, "out of memory");
     for (int64_t b = 0; b < blocks; b++) m->free_blocks[b] = (int32_t)(blocks - 1 - b);
     m->n_free = blocks;
     m->mem.kv = block_bytes * (size_t)blocks;
@@ -348,12 +351,16 @@ static loom_status dummy_weights(loom_gpu_model *m, uint64_t seed, loom_err *err
     const int64_t QKV = m->nh * hd + 2 * m->nkv * hd, QD = m->nh * hd;
     float s_in = 1.0f / sqrtf((float)H), s_i = 1.0f / sqrtf((float)I);
     void *st = m->stream;
-    CUDA_TRY(loom_gpu_fill_random(m->embed, m->o.act, V * H, 1.0f, 0.0f, seed, st), "random weights");
-    CUDA_TRY(loom_gpu_fill_random(m->final_norm, m->o.act, H, 0.1f, 1.0f, seed + 1, st), "random weights");
-    if (m->lm_head != m->embed) CUDA_TRY(loom_gpu_fill_random(m->lm_head, m->o.act, V * H, s_in, 0.0f, seed + 2, st), "random weights");
+    /* a partition draws with its global layer index and its TP rank in the
+     * seed, so the whole model (l0 = 0, rank 0) gets the same weights as before */
+    seed += 0x9e3779b97f4a7c15ull * (uint64_t)m->tp_rank;
+    if (m->is_first) CUDA_TRY(loom_gpu_fill_random(m->embed, m->o.act, V * H, 1.0f, 0.0f, seed, st), "random weights");
+    if (m->is_last) CUDA_TRY(loom_gpu_fill_random(m->final_norm, m->o.act, H, 0.1f, 1.0f, seed + 1, st), "random weights");
+    if (m->is_last && m->lm_head != m->embed && m->vrows > 0)
+        CUDA_TRY(loom_gpu_fill_random(m->lm_head, m->o.act, m->vrows * H, s_in, 0.0f, seed + 2, st), "random weights"); /* padding rows stay 0 */
     for (int64_t l = 0; l < m->nl; l++) {
         gpu_layer *L = &m->layers[l];
-        uint64_t k = seed + 16 * (uint64_t)(l + 1);
+        uint64_t k = seed + 16 * (uint64_t)(m->l0 + l + 1);
         CUDA_TRY(loom_gpu_fill_random(L->attn_norm, m->o.act, H, 0.1f, 1.0f, k, st), "random weights");
         CUDA_TRY(loom_gpu_fill_random(L->mlp_norm, m->o.act, H, 0.1f, 1.0f, k + 1, st), "random weights");
         CUDA_TRY(loom_gpu_fill_random(L->w_qkv, m->o.act, QKV * H, s_in, 0.0f, k + 2, st), "random weights");
@@ -369,19 +376,29 @@ static loom_status dummy_weights(loom_gpu_model *m, uint64_t seed, loom_err *err
     return LOOM_OK;
 }
 
-loom_gpu_model *loom_gpu_model_dummy(const loom_config *cfg, const loom_gpu_opts *o, uint64_t seed, loom_err *err)
+loom_gpu_model *loom_gpu_model_dummy_part(const loom_config *cfg, const loom_gpu_opts *o, const loom_shard *shard, const loom_gpu_dist *dist,
+                                          uint64_t seed, loom_err *err)
 {
+    loom_shard whole = loom_shard_single(cfg);
+    const loom_shard *sh = shard ? shard : &whole;
+    loom_shard_dims dm;
+    if (loom_shard_dims_make(cfg, sh, &dm, err) != LOOM_OK) return NULL;
     loom_gpu_model *m = calloc(1, sizeof *m);
     if (!m) {
         loom_err_set(err, LOOM_ENOMEM, "out of memory");
         return NULL;
     }
-    if (init_common(m, cfg, o, NULL, NULL, err) != LOOM_OK || alloc_weights(m, err) != LOOM_OK || dummy_weights(m, seed, err) != LOOM_OK ||
+    if (init_common(m, cfg, o, sh, &dm, dist, err) != LOOM_OK || alloc_weights(m, err) != LOOM_OK || dummy_weights(m, seed, err) != LOOM_OK ||
         alloc_runtime(m, err) != LOOM_OK) {
         loom_gpu_model_destroy(m);
         return NULL;
     }
     return m;
+}
+
+loom_gpu_model *loom_gpu_model_dummy(const loom_config *cfg, const loom_gpu_opts *o, uint64_t seed, loom_err *err)
+{
+    return loom_gpu_model_dummy_part(cfg, o, NULL, NULL, seed, err);
 }
 
 /* The host model is only read for its (sliced) weights; it never runs. */
@@ -418,7 +435,9 @@ loom_gpu_model *loom_gpu_model_load_part(const char *dir, const loom_gpu_opts *o
         loom_err_set(err, LOOM_ENOMEM, "out of memory");
         return NULL;
     }
-    if (init_common(m, &hm->cfg, o, hm, dist, err) != LOOM_OK || alloc_weights(m, err) != LOOM_OK || upload_weights(m, hm, err) != LOOM_OK ||
+    const loom_shard_dims dm = {.n_heads_local = hm->n_heads_local, .n_kv_local = hm->n_kv_local, .inter_local = hm->inter_local,
+                                .kv_head_begin = hm->kv_head_begin, .vocab_local = hm->vocab_local, .v_begin = hm->v_begin, .v_rows = hm->v_rows};
+    if (init_common(m, &hm->cfg, o, &hm->shard, &dm, dist, err) != LOOM_OK || alloc_weights(m, err) != LOOM_OK || upload_weights(m, hm, err) != LOOM_OK ||
         alloc_runtime(m, err) != LOOM_OK) {
         loom_gpu_model_destroy(m);
         m = NULL;
@@ -442,6 +461,7 @@ void loom_gpu_model_destroy(loom_gpu_model *m)
     free(m->free_blocks);
     free(m->seq_blocks);
     free(m->seq_len);
+    free(m->seq_nb);
     loom_config_free(&m->cfg);
     free(m);
 }
@@ -451,8 +471,28 @@ size_t loom_gpu_weight_bytes(const loom_gpu_model *m) { return m->weight_bytes; 
 const loom_config *loom_gpu_config(const loom_gpu_model *m) { return &m->cfg; }
 int64_t loom_gpu_seq_len(const loom_gpu_model *m, int64_t slot) { return m->seq_len[slot]; }
 
+loom_status loom_gpu_seq_bind(loom_gpu_model *m, int64_t slot, int64_t len, const int32_t *table, int64_t n, loom_err *err)
+{
+    const int64_t B = m->o.tokens_per_block;
+    if (slot < 0 || slot >= m->o.max_seqs || n < 0 || n > m->max_blocks_per_seq || len < 0 || len > n * B)
+        return loom_err_set(err, LOOM_EINVAL, "block table of slot %lld: %lld blocks for %lld tokens (at most %lld blocks)", (long long)slot,
+                            (long long)n, (long long)len, (long long)m->max_blocks_per_seq);
+    for (int64_t i = 0; i < n; i++)
+        if (table[i] < 0 || table[i] >= m->n_blocks)
+            return loom_err_set(err, LOOM_EINVAL, "block table of slot %lld names block %d (pool: %lld)", (long long)slot, table[i], (long long)m->n_blocks);
+    m->external = true;
+    memcpy(m->seq_blocks + slot * m->max_blocks_per_seq, table, (size_t)n * sizeof *table);
+    m->seq_nb[slot] = n;
+    m->seq_len[slot] = len;
+    return LOOM_OK;
+}
+
 void loom_gpu_seq_reset(loom_gpu_model *m, int64_t slot)
 {
+    if (m->external) {
+        m->seq_len[slot] = m->seq_nb[slot] = 0;
+        return;
+    }
     int64_t nb = (m->seq_len[slot] + m->o.tokens_per_block - 1) / m->o.tokens_per_block;
     for (int64_t b = 0; b < nb; b++) m->free_blocks[m->n_free++] = m->seq_blocks[slot * m->max_blocks_per_seq + b];
     m->seq_len[slot] = 0;
@@ -596,6 +636,10 @@ loom_status loom_gpu_forward_sampled(loom_gpu_model *m, int64_t S, const int64_t
                                 (long long)n, (long long)o->max_seq_len);
         int32_t *blocks = m->seq_blocks + s * maxb;
         int64_t need = (len0 + n + B - 1) / B, have = (len0 + B - 1) / B;
+        if (m->external && need > m->seq_nb[s])
+            return loom_err_set(err, LOOM_EINVAL, "slot %lld: its block table (%lld blocks) cannot hold %lld tokens", (long long)s,
+                                (long long)m->seq_nb[s], (long long)(len0 + n));
+        if (m->external) have = need;
         if (need - have > m->n_free)
             return loom_err_set(err, LOOM_ENOMEM, "the KV pool is full (%lld blocks of %lld tokens)", (long long)m->n_blocks, (long long)B);
         for (int64_t b = have; b < need; b++) blocks[b] = m->free_blocks[--m->n_free];

@@ -55,6 +55,13 @@ loom_gpu_model *loom_gpu_model_load(const char *dir, const loom_gpu_opts *o, loo
 /* Random weights of the config's shapes (for `loom bench --dummy-weights`). */
 loom_gpu_model *loom_gpu_model_dummy(const loom_config *cfg, const loom_gpu_opts *o, uint64_t seed, loom_err *err);
 
+/* Random weights of one partition's shapes (shard as for load_part; NULL =
+ * the whole model, the same weights as loom_gpu_model_dummy). dist must be
+ * non-NULL when tp or pp > 1. On error (a shard that does not split cfg, out
+ * of memory) returns NULL and fills err. */
+loom_gpu_model *loom_gpu_model_dummy_part(const loom_config *cfg, const loom_gpu_opts *o, const struct loom_shard *shard,
+                                          const loom_gpu_dist *dist, uint64_t seed, loom_err *err);
+
 /* Frees device memory; accepts NULL. */
 void loom_gpu_model_destroy(loom_gpu_model *m);
 
@@ -64,6 +71,14 @@ typedef struct loom_gpu_mem {
     int64_t kv_tokens, kv_blocks;
 } loom_gpu_mem;
 loom_gpu_mem loom_gpu_model_mem(const loom_gpu_model *m);
+
+/* Binds slot s to a block table the caller owns (the serving coordinator's):
+ * its next forward finds `len` tokens already cached in table[0..n) and writes
+ * new ones there. From the first call on, the model never takes or frees
+ * blocks itself (external mode); a forward that outgrows the bound table
+ * fails. EINVAL for a block id outside the pool, n over the per-sequence
+ * maximum, or len > n * tokens_per_block. */
+loom_status loom_gpu_seq_bind(loom_gpu_model *m, int64_t slot, int64_t len, const int32_t *table, int64_t n, loom_err *err);
 
 /* Sequences are slots 0..max_seqs-1. Resets slot s (frees its blocks). */
 void loom_gpu_seq_reset(loom_gpu_model *m, int64_t slot);

@@ -60,6 +60,30 @@ loom_status loom_shard_check_tp(const loom_config *c, int tp, loom_err *err)
     return loom_err_set(err, LOOM_EINVAL, "tensor parallelism %d cannot split %s = %lld (TP sizes that work for this model: %s)", tp, what, val, works);
 }
 
+loom_status loom_shard_dims_make(const loom_config *c, const loom_shard *sh, loom_shard_dims *d, loom_err *err)
+{
+    if (sh->tp_size < 1 || sh->tp_rank < 0 || sh->tp_rank >= sh->tp_size || sh->pp_size < 1 || sh->pp_rank < 0 ||
+        sh->pp_rank >= sh->pp_size || sh->layer_begin < 0 || sh->layer_end > c->n_layers || sh->layer_begin >= sh->layer_end)
+        return loom_err_set(err, LOOM_EINVAL, "invalid partition (tp %d/%d, pp %d/%d, layers %lld..%lld) for a %lld-layer model", sh->tp_rank,
+                            sh->tp_size, sh->pp_rank, sh->pp_size, (long long)sh->layer_begin, (long long)sh->layer_end, (long long)c->n_layers);
+    LOOM_CHECK(loom_shard_check_tp(c, sh->tp_size, err));
+    const int64_t tp = sh->tp_size;
+    d->n_heads_local = c->n_heads / tp;
+    if (c->n_kv_heads % tp == 0) {
+        d->n_kv_local = c->n_kv_heads / tp;
+        d->kv_head_begin = sh->tp_rank * d->n_kv_local;
+    } else { /* tp > kv heads: each kv head is replicated on tp / n_kv ranks */
+        d->n_kv_local = 1;
+        d->kv_head_begin = sh->tp_rank / (tp / c->n_kv_heads);
+    }
+    d->inter_local = c->intermediate_size / tp;
+    d->vocab_local = (c->vocab_size + tp - 1) / tp;
+    d->v_begin = sh->tp_rank * d->vocab_local;
+    int64_t v_end = d->v_begin + d->vocab_local < c->vocab_size ? d->v_begin + d->vocab_local : c->vocab_size;
+    d->v_rows = v_end > d->v_begin ? v_end - d->v_begin : 0;
+    return LOOM_OK;
+}
+
 static loom_status keep_owned(loom_model *m, void *p, loom_err *err)
 {
     if (m->n_owned == m->cap_owned) {
@@ -312,31 +336,19 @@ loom_model *loom_model_load(const char *dir, const loom_ops *ops, const loom_sha
     const loom_config *c = &m->cfg;
     m->shard = shard ? *shard : loom_shard_single(c);
     const loom_shard *sh = &m->shard;
-    if (sh->tp_size < 1 || sh->tp_rank < 0 || sh->tp_rank >= sh->tp_size || sh->pp_size < 1 || sh->pp_rank < 0 ||
-        sh->pp_rank >= sh->pp_size || sh->layer_begin < 0 || sh->layer_end > c->n_layers || sh->layer_begin >= sh->layer_end) {
-        loom_err_set(err, LOOM_EINVAL, "invalid partition (tp %d/%d, pp %d/%d, layers %lld..%lld) for a %lld-layer model", sh->tp_rank,
-                     sh->tp_size, sh->pp_rank, sh->pp_size, (long long)sh->layer_begin, (long long)sh->layer_end, (long long)c->n_layers);
-        goto fail;
-    }
+    loom_shard_dims d;
+    if (loom_shard_dims_make(c, sh, &d, err) != LOOM_OK) goto fail;
     if ((sh->tp_size > 1 || sh->pp_size > 1) && !dist) {
         loom_err_set(err, LOOM_EINTERNAL, "a partitioned model needs data-plane hooks");
         goto fail;
     }
-    if (loom_shard_check_tp(c, sh->tp_size, err) != LOOM_OK) goto fail;
-    int64_t tp = sh->tp_size;
-    m->n_heads_local = c->n_heads / tp;
-    if (c->n_kv_heads % tp == 0) {
-        m->n_kv_local = c->n_kv_heads / tp;
-        m->kv_head_begin = sh->tp_rank * m->n_kv_local;
-    } else { /* tp > kv heads: each kv head is replicated on tp / n_kv ranks */
-        m->n_kv_local = 1;
-        m->kv_head_begin = sh->tp_rank / (tp / c->n_kv_heads);
-    }
-    m->inter_local = c->intermediate_size / tp;
-    m->vocab_local = (c->vocab_size + tp - 1) / tp;
-    m->v_begin = sh->tp_rank * m->vocab_local;
-    int64_t v_end = m->v_begin + m->vocab_local < c->vocab_size ? m->v_begin + m->vocab_local : c->vocab_size;
-    m->v_rows = v_end > m->v_begin ? v_end - m->v_begin : 0;
+    m->n_heads_local = d.n_heads_local;
+    m->n_kv_local = d.n_kv_local;
+    m->kv_head_begin = d.kv_head_begin;
+    m->inter_local = d.inter_local;
+    m->vocab_local = d.vocab_local;
+    m->v_begin = d.v_begin;
+    m->v_rows = d.v_rows;
     if (max_tokens < 1) max_tokens = 1;
     if (max_seqs < 1) max_seqs = 1;
     if (open_weights(m, dir, err) != LOOM_OK) goto fail;

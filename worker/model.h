@@ -35,6 +35,19 @@ loom_status loom_shard_layers(int64_t n_layers, int pp_size, const int64_t *pp_l
  * the TP sizes that work. */
 loom_status loom_shard_check_tp(const loom_config *cfg, int tp_size, loom_err *err);
 
+/* A partition's local shapes (the loom_model fields of the same names). */
+typedef struct loom_shard_dims {
+    int64_t n_heads_local, n_kv_local, inter_local; /* Hl, KVl, Il */
+    int64_t kv_head_begin;   /* first global kv head this rank holds */
+    int64_t vocab_local;     /* Vl = ceil(vocab / tp) */
+    int64_t v_begin, v_rows; /* this rank's lm_head rows (the last rank may hold fewer, or none) */
+} loom_shard_dims;
+
+/* Checks that sh is a partition of cfg (ranks in range, layers inside the
+ * model, loom_shard_check_tp) and fills its local shapes. Errors name the
+ * problem. */
+loom_status loom_shard_dims_make(const loom_config *cfg, const loom_shard *sh, loom_shard_dims *d, loom_err *err);
+
 /* Data-plane hooks the forward pass calls for TP and PP; parallel/ fills them
  * (MPI on the CPU, NCCL later). NULL hooks are fine when tp = pp = 1. */
 typedef struct loom_dist {
@@ -145,12 +158,15 @@ void loom_model_destroy(loom_model *m);
 loom_kv_cache *loom_model_kv_create(const loom_model *m, int64_t max_seq, loom_err *err);
 
 /* A batch for one forward call: n_seqs sequences, sequence s feeding tokens
- * [seq_start[s], seq_start[s+1]) at positions kv[s]->len onward. */
+ * [seq_start[s], seq_start[s+1]) at positions kv[s]->len onward. Each kv[s]
+ * is a standalone cache (loom_model_kv_create) or a view of a pool bound with
+ * loom_kv_cache_bind; views may share one pool, but the blocks a sequence
+ * writes (those holding positions len .. len+n-1) must be its own. */
 typedef struct loom_batch {
     int64_t n_seqs;
     const int64_t *seq_start;   /* (n_seqs + 1), seq_start[0] = 0 */
     const int32_t *tokens;      /* (n_tokens); read on the first stage only */
-    loom_kv_cache *const *kv;   /* (n_seqs) */
+    loom_kv_cache *const *kv;   /* (n_seqs); pools shaped like this partition */
 } loom_batch;
 
 /* Runs a batch through this partition. The first stage embeds tokens; other

@@ -83,6 +83,12 @@ loom_status loom_sampler_reset(loom_sampler *s, const loom_sampling_params *p, l
     return LOOM_OK;
 }
 
+void loom_sampler_skip(loom_sampler *s, int64_t n)
+{
+    if (s->p.temperature == 0.0f || s->p.top_k == 1) return; /* greedy draws nothing */
+    for (int64_t i = 0; i < n; i++) next_u64(s->rng);
+}
+
 void loom_sampler_destroy(loom_sampler *s)
 {
     if (!s) return;

@@ -35,6 +35,11 @@ void loom_sampler_destroy(loom_sampler *s);
  * allocation. Returns non-OK (err filled) if p is out of range. */
 loom_status loom_sampler_reset(loom_sampler *s, const loom_sampling_params *p, loom_err *err);
 
+/* Advances the generator as n samples would have (a preempted sequence that
+ * is recomputed continues with the draws it would have made); greedy
+ * parameters draw nothing. */
+void loom_sampler_skip(loom_sampler *s, int64_t n);
+
 /* Picks the next id. logits (vocab) are modified in place. history holds the
  * ids seen so far (prompt and generated) for the repetition penalty. */
 int32_t loom_sampler_sample(loom_sampler *s, float *logits, const int32_t *history, int64_t n_history);

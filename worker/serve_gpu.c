@@ -14,7 +14,8 @@ struct loom_serve_gpu {
 
 loom_serve_gpu *loom_serve_gpu_create(MPI_Comm workers, MPI_Comm tp_comm, MPI_Comm pp_comm, const char *model_dir,
                                       const loom_shard *shard, int64_t max_batch, int64_t max_tokens, int64_t max_seq_len,
-                                      double kv_free_fraction, int64_t max_kv_tokens, loom_err *err)
+                                      double kv_free_fraction, int64_t max_kv_tokens, int64_t tokens_per_block, bool dummy_weights,
+                                      loom_err *err)
 {
     loom_serve_gpu *g = calloc(1, sizeof *g);
     if (!g) {
@@ -42,7 +43,19 @@ loom_serve_gpu *loom_serve_gpu_create(MPI_Comm workers, MPI_Comm tp_comm, MPI_Co
     o.max_seq_len = max_seq_len;
     if (kv_free_fraction > 0) o.kv_free_fraction = kv_free_fraction;
     o.max_kv_tokens = max_kv_tokens;
-    g->m = loom_gpu_model_load_part(model_dir, &o, shard, loom_nccl_hooks(g->nccl), err);
+    o.tokens_per_block = tokens_per_block;
+    if (dummy_weights) {
+        if (shard->tp_size != 1 || shard->pp_size != 1) {
+            loom_err_set(err, LOOM_EINVAL, "--dummy-weights serves one unpartitioned worker (--tp 1 --pp 1)");
+            goto fail;
+        }
+        loom_config cfg;
+        if (loom_config_load(model_dir, &cfg, err) != LOOM_OK) goto fail;
+        g->m = loom_gpu_model_dummy(&cfg, &o, 1234, err);
+        loom_config_free(&cfg);
+    } else {
+        g->m = loom_gpu_model_load_part(model_dir, &o, shard, loom_nccl_hooks(g->nccl), err);
+    }
     if (!g->m) goto fail;
     loom_gpu_mem mem = loom_gpu_model_mem(g->m);
     fprintf(stderr,
@@ -63,13 +76,12 @@ void loom_serve_gpu_destroy(loom_serve_gpu *g)
     free(g);
 }
 
-int64_t loom_serve_gpu_seq_len(const loom_serve_gpu *g, int64_t slot) { return loom_gpu_seq_len(g->m, slot); }
+int64_t loom_serve_gpu_kv_blocks(const loom_serve_gpu *g) { return loom_gpu_model_mem(g->m).kv_blocks; }
 
 loom_status loom_serve_gpu_step(loom_serve_gpu *g, int64_t n, const int64_t *slots, const int64_t *start, const int32_t *tokens,
-                                const bool *reset, const loom_gpu_sample *sp, const int32_t *const *hist, const int64_t *hist_len,
-                                int32_t *out_ids, loom_err *err)
+                                const int64_t *pos0, const int32_t *const *tables, const int64_t *n_tables, const loom_gpu_sample *sp,
+                                const int32_t *const *hist, const int64_t *hist_len, int32_t *out_ids, loom_err *err)
 {
-    for (int64_t i = 0; i < n; i++)
-        if (reset[i]) loom_gpu_seq_reset(g->m, slots[i]);
+    for (int64_t i = 0; i < n; i++) LOOM_CHECK(loom_gpu_seq_bind(g->m, slots[i], pos0[i], tables[i], n_tables[i], err));
     return loom_gpu_forward_sampled(g->m, n, slots, start, tokens, sp, hist, hist_len, out_ids, err);
 }

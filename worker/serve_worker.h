@@ -15,19 +15,24 @@ typedef struct loom_worker_opts {
     const char *model_dir;
     int tp, pp;
     const int64_t *pp_layers;   /* (pp) or NULL for an even split */
-    int64_t max_batch_size;     /* KV slots */
+    int64_t max_batch_size;     /* sequence slots (sampler state) */
     int64_t max_num_tokens;     /* tokens per step */
-    int64_t max_seq_len;        /* positions per slot */
+    int64_t max_seq_len;        /* positions per sequence */
     int verbose;
     int device_cuda;            /* run the partition on this node's GPUs (NCCL) */
     double kv_free_fraction;    /* GPU: KV pool share of the memory free after weights (0 = 0.9) */
-    int64_t max_kv_tokens;      /* GPU: cap on the pool (0 = none) */
+    int64_t max_kv_tokens;      /* the pool in tokens (CPU; 0 = max_batch_size x max_seq_len),
+                                   a cap on it (GPU; 0 = none) */
+    int64_t tokens_per_block;   /* paged KV block size (power of two, 8..128) */
+    int dummy_weights;          /* GPU: random weights of the config's shapes (benchmarks) */
 } loom_worker_opts;
 
 typedef struct loom_worker loom_worker;
 
 /* Loads this rank's partition (collective over `workers`, which must hold
- * tp*pp ranks) and allocates every KV slot, sampler and buffer it will use.
+ * tp*pp ranks) and allocates its paged KV pool and every sampler and buffer it
+ * will use. Plans index the pool with the coordinator's block tables; each
+ * ping answer reports the pool's size.
  * Prints the rank's memory line to stderr. On error returns NULL and fills err. */
 loom_worker *loom_worker_create(MPI_Comm workers, const loom_worker_opts *o, loom_err *err);
 

@@ -370,9 +370,44 @@ loom_status loom_client_stats(loom_client *c, int timeout_ms, loom_client_server
         stats->waiting = reply->stats_reply->waiting;
         stats->tokens_per_s = reply->stats_reply->tokens_per_s;
         stats->kv_used_fraction = reply->stats_reply->kv_used_fraction;
+        stats->kv_blocks_total = reply->stats_reply->kv_blocks_total;
+        stats->kv_blocks_used = reply->stats_reply->kv_blocks_used;
+        stats->kv_blocks_free = reply->stats_reply->kv_blocks_free;
+        stats->kv_blocks_cached = reply->stats_reply->kv_blocks_cached;
+        stats->tokens_per_block = reply->stats_reply->tokens_per_block;
+        stats->prefix_hit_rate = reply->stats_reply->prefix_hit_rate;
+        stats->preemptions = reply->stats_reply->preemptions;
+        stats->refused = reply->stats_reply->refused;
+        stats->completed = reply->stats_reply->completed;
+        stats->timed_steps = reply->stats_reply->timed_steps;
+        stats->step_cycle_ms = reply->stats_reply->step_cycle_ms;
+        stats->step_compute_ms = reply->stats_reply->step_compute_ms;
+        stats->overhead_fraction = reply->stats_reply->overhead_fraction;
     }
     loom_wire_free(reply);
     return LOOM_OK;
+}
+
+/* ABI: loom_client_server_stats grew in LOOMCLIENT_1 (the KV pool and the
+ * counters). A program linked against an earlier libloomclient.so calls
+ * loom_client_stats@LOOMCLIENT_0 with room for the first four fields only, so
+ * that version gets this, which writes no more than those (see
+ * libloomclient.map). Static links and new programs use loom_client_stats. */
+typedef struct stats_v0 {
+    int32_t running, waiting;
+    double tokens_per_s, kv_used_fraction;
+} stats_v0;
+
+loom_status loomclient_compat_stats_v0(loom_client *c, int timeout_ms, stats_v0 *stats, loom_err *err);
+__asm__(".symver loomclient_compat_stats_v0, loom_client_stats@LOOMCLIENT_0");
+
+loom_status loomclient_compat_stats_v0(loom_client *c, int timeout_ms, stats_v0 *stats, loom_err *err)
+{
+    loom_client_server_stats s;
+    loom_status st = loom_client_stats(c, timeout_ms, &s, err);
+    *stats = (stats_v0){.running = s.running, .waiting = s.waiting, .tokens_per_s = s.tokens_per_s,
+                        .kv_used_fraction = s.kv_used_fraction};
+    return st;
 }
 
 /* --- generation -------------------------------------------------------------- */

@@ -86,11 +86,29 @@ typedef struct loom_client_result {
     char request_id[LOOM_CLIENT_ID_MAX];
 } loom_client_result;
 
+/* The server's load (loom_client_stats). Fields after kv_used_fraction were
+ * added later (appended, so the first four keep their offsets); a server that
+ * does not report one leaves it 0. The counters (preemptions, refused,
+ * completed) and prefix_hit_rate cover the server's life since it started. */
 typedef struct loom_client_stats {
     int32_t running;               /* requests being generated */
     int32_t waiting;               /* requests queued */
     double tokens_per_s;           /* recent generation throughput */
-    double kv_used_fraction;       /* of the KV cache, in [0, 1] */
+    double kv_used_fraction;       /* KV blocks used / kv_blocks_total, in [0, 1] */
+    int64_t kv_blocks_total;       /* blocks of the paged KV pool (the smallest worker's) */
+    int64_t kv_blocks_used;        /* blocks referenced by a running sequence */
+    int64_t kv_blocks_free;        /* blocks never filled, or released without being cached */
+    int64_t kv_blocks_cached;      /* cached prefix blocks no sequence holds (evictable) */
+    int32_t tokens_per_block;      /* tokens one KV block holds */
+    double prefix_hit_rate;        /* prompt tokens found in the prefix cache / prompt tokens offered, in [0, 1] */
+    int64_t preemptions;           /* sequences evicted to make room (recomputed later) */
+    int64_t refused;               /* requests refused at admission */
+    int64_t completed;             /* requests answered with a terminal chunk */
+    /* Back-to-back steps (a result in, the same micro-batch's next plan out), timed: */
+    int64_t timed_steps;           /* how many */
+    double step_cycle_ms;          /* mean time from one plan's publication to the next */
+    double step_compute_ms;        /* mean time the worker computed */
+    double overhead_fraction;      /* 1 - compute / cycle: scheduling, protobuf and ZeroMQ */
 } loom_client_server_stats;
 
 /* Called for each chunk of a request, the terminal one included. Return true

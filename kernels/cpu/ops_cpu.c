@@ -16,6 +16,7 @@ static const loom_ops cpu_ops = {
     .matmul = loom_cpu_matmul,
     .rope = loom_cpu_rope,
     .attention = loom_cpu_attention,
+    .attention_paged = loom_cpu_attention_paged,
     .swiglu = loom_cpu_swiglu,
     .add = loom_cpu_add,
 };

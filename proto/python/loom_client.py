@@ -368,12 +368,22 @@ class LoomClient:
             time.sleep(0.25)
 
     def stats(self, timeout: float = 5.0) -> Dict[str, float]:
-        """The server's load: running, waiting, tokens_per_s, kv_used_fraction."""
+        """The server's load, the keys of `loom client --stats`: running, waiting,
+        tokens_per_s, kv_used_fraction (KV blocks used / total), kv_blocks_total,
+        kv_blocks_used, kv_blocks_free, kv_blocks_cached (evictable prefix blocks),
+        tokens_per_block, prefix_hit_rate (prompt tokens found cached / offered),
+        and the counters since the server started: preemptions, refused (at
+        admission), completed. A server that does not report a field gives 0."""
         env = pb.Envelope()
         env.stats.SetInParent()
         s = self._request_reply(env, "stats_reply", timeout).stats_reply
         return {"running": s.running, "waiting": s.waiting, "tokens_per_s": s.tokens_per_s,
-                "kv_used_fraction": s.kv_used_fraction}
+                "kv_used_fraction": s.kv_used_fraction, "kv_blocks_total": s.kv_blocks_total,
+                "kv_blocks_used": s.kv_blocks_used, "kv_blocks_free": s.kv_blocks_free,
+                "kv_blocks_cached": s.kv_blocks_cached, "tokens_per_block": s.tokens_per_block,
+                "prefix_hit_rate": s.prefix_hit_rate, "preemptions": s.preemptions, "refused": s.refused,
+                "completed": s.completed, "timed_steps": s.timed_steps, "step_cycle_ms": s.step_cycle_ms,
+                "step_compute_ms": s.step_compute_ms, "overhead_fraction": s.overhead_fraction}
 
     # --- generation -------------------------------------------------------------
 

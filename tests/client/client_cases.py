@@ -16,6 +16,11 @@ import time
 
 LOOM, MOCK = sys.argv[1], sys.argv[2]
 CASES = {}
+# What mock_server answers to Stats (the 64-bit counts exceed INT32_MAX on purpose).
+MOCK_STATS = {"running": 0, "waiting": 3, "tokens_per_s": 42.5, "kv_used_fraction": 0.25,
+              "kv_blocks_total": 5000000000, "kv_blocks_used": 1250000000, "kv_blocks_free": 3000000000,
+              "kv_blocks_cached": 750000000, "tokens_per_block": 16, "prefix_hit_rate": 0.625,
+              "preemptions": 7, "refused": 2, "completed": 11}
 
 
 def case(fn):
@@ -213,7 +218,9 @@ def health_wait_server_starts_late():
 def stats_json():
     with Mock() as m:
         line, j = one_json_line(expect_ok(client("--endpoint", m.endpoint, "--stats")))
-    assert j == {"running": 0, "waiting": 3, "tokens_per_s": 42.5, "kv_used_fraction": 0.25}, line
+    assert j == MOCK_STATS, line
+    # the original four keys come first, in their original order
+    assert list(j)[:4] == ["running", "waiting", "tokens_per_s", "kv_used_fraction"], line
 
 
 # --- failures -----------------------------------------------------------------

@@ -296,6 +296,15 @@ static void handle(void *sock, zmq_msg_t *ident)
         s.waiting = 3;
         s.tokens_per_s = 42.5;
         s.kv_used_fraction = 0.25;
+        s.kv_blocks_total = 5000000000LL; /* > INT32_MAX: the 64-bit fields must stay 64-bit */
+        s.kv_blocks_used = 1250000000LL;
+        s.kv_blocks_free = 3000000000LL;
+        s.kv_blocks_cached = 750000000LL;
+        s.tokens_per_block = 16;
+        s.prefix_hit_rate = 0.625;
+        s.preemptions = 7;
+        s.refused = 2;
+        s.completed = 11;
         Loom__Envelope r = LOOM__ENVELOPE__INIT;
         r.body_case = LOOM__ENVELOPE__BODY_STATS_REPLY;
         r.stats_reply = &s;

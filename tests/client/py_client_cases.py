@@ -34,6 +34,11 @@ sys.path.insert(0, PYDIR)
 import loom_client as lc  # noqa: E402
 
 CASES = {}
+# What mock_server answers to Stats (the 64-bit counts exceed INT32_MAX on purpose).
+MOCK_STATS = {"running": 0, "waiting": 3, "tokens_per_s": 42.5, "kv_used_fraction": 0.25,
+              "kv_blocks_total": 5000000000, "kv_blocks_used": 1250000000, "kv_blocks_free": 3000000000,
+              "kv_blocks_cached": 750000000, "tokens_per_block": 16, "prefix_hit_rate": 0.625,
+              "preemptions": 7, "refused": 2, "completed": 11}
 
 
 def case(fn):
@@ -128,7 +133,7 @@ def stream_close_cancels():
 def health_stats():
     with Mock() as m, lc.LoomClient(m.endpoint) as c:
         assert c.health() is True
-        assert c.stats() == {"running": 0, "waiting": 3, "tokens_per_s": 42.5, "kv_used_fraction": 0.25}
+        assert c.stats() == MOCK_STATS, c.stats()
     with Mock("--mode", "notserving") as m, lc.LoomClient(m.endpoint) as c:
         assert c.health() is False
         raises(lc.LoomTimeout, "not serving", c.wait_until_serving, 0.5)

@@ -108,6 +108,10 @@ static void test_normal(void)
     loom_client_server_stats st;
     EXPECT(loom_client_stats(c, 2000, &st, &err) == LOOM_OK, "stats: %s", err.msg);
     EXPECT(st.waiting == 3 && st.tokens_per_s == 42.5 && st.kv_used_fraction == 0.25, "stats values");
+    EXPECT(st.kv_blocks_total == 5000000000LL && st.kv_blocks_used == 1250000000LL && st.kv_blocks_free == 3000000000LL &&
+               st.kv_blocks_cached == 750000000LL && st.tokens_per_block == 16 && st.prefix_hit_rate == 0.625 &&
+               st.preemptions == 7 && st.refused == 2 && st.completed == 11,
+           "stats: KV pool and counters");
 
     /* streaming: one callback per token, the last one terminal */
     loom_client_request req;

@@ -3,8 +3,10 @@
     servebench_cases.py LOOM SERVE_BENCH
 Runs the benchmark against `loom serve` with the in-flight and the static
 scheduler (40 requests at 50 req/s, mixed lengths): every request completes,
-the JSON report is complete and sane. Then bad flags exit 2 and an unreachable
-endpoint exits 1 within its --timeout. The cluster pattern is copied from
+the JSON report is complete and sane. Then --shared-prefix against a server
+with --enable-kv-cache-reuse: prompts are the prefix plus their own tokens and
+the server reports prefix cache hits. Then bad flags exit 2 and an
+unreachable endpoint exits 1 within its --timeout. The cluster pattern is copied from
 tests/e2e/serve_cases.py (not imported: the suites stay independent)."""
 import json
 import os
@@ -83,7 +85,9 @@ def bench(*args, timeout=240):
     return p, time.monotonic() - t
 
 
-def check_report(r, n):
+def check_report(r, n, shared_prefix=0, busy=True):
+    """busy: the load kept the server busy enough that some Stats poll (every
+    100 ms) saw a request running; a light load can slip between the polls."""
     assert r["completed"] == n and r["failed"] == 0, (r["completed"], r["failed"], r["errors"])
     assert r["errors"] == {} and r["extra_terminal_chunks"] == 0 and r["timed_out"] == 0, r
     assert r["unattributed_errors"] == 0 and not r["connection_lost"], r
@@ -97,11 +101,21 @@ def check_report(r, n):
     assert r["ttft_ms"]["count"] == n, r["ttft_ms"]
     assert r["ttft_ms"]["p50"] <= r["e2e_ms"]["p50"] and r["ttft_ms"]["max"] <= r["e2e_ms"]["max"] + 1e-6, r
     s = r["server"]
-    assert s["samples"] > 0 and s["peak_running"] >= 1, s
-    assert 0 < s["peak_kv_used_fraction"] <= 1, s
+    assert s["samples"] > 0 and 0 <= s["peak_running"] and 0 <= s["peak_kv_used_fraction"] <= 1, s
+    assert s["kv_blocks_total"] > 0 and s["tokens_per_block"] > 0, s
+    assert 0 <= s["peak_kv_blocks_used"] <= s["kv_blocks_total"], s
+    if busy:
+        assert s["peak_running"] >= 1 and s["peak_kv_used_fraction"] > 0 and s["peak_kv_blocks_used"] > 0, s
+    assert 0 <= s["prefix_hit_rate"] <= 1 and s["preemptions"] >= 0 and s["refused"] == 0, s
+    cols = s["series_columns"]
+    assert cols[:5] == ["t_s", "running", "waiting", "kv_used_fraction", "tokens_per_s"], cols
+    assert all(len(row) == len(cols) for row in s["series"]), cols
+    assert r["config"]["shared_prefix"] == shared_prefix, r["config"]
     assert len(r["requests"]) == n
+    assert r["input_tokens"] == sum(q["prompt_len"] for q in r["requests"]), r["input_tokens"]
     for q in r["requests"]:
         assert 1 <= q["input_len"] <= 20 and 5 <= q["output_len"] <= 60, q
+        assert q["prompt_len"] == shared_prefix + q["input_len"], q
         assert 1 <= q["produced"] <= q["output_len"], q
         assert q["finish"] in ("length", "eos"), q
 
@@ -119,6 +133,22 @@ def run_load(scheduler):
     return r
 
 
+def run_shared_prefix():
+    """Every prompt opens with the same 64 tokens; with reuse on, later requests find them cached."""
+    out = os.path.join(TMP, "shared_prefix.json")
+    args = ["--num-requests", "16", "--rate", "20", "--input-len-range", "1,20", "--output-len-range", "5,60",
+            "--seed", "7", "--shared-prefix", "64", "--timeout", "200", "--json", out]
+    with Cluster(["--enable-kv-cache-reuse"]) as c:
+        p, _ = bench("--endpoint", c.endpoint, *args)
+        assert p.returncode == 0, f"shared prefix: exit {p.returncode}\n{p.stdout}\n{p.stderr}\n{c.output()}"
+    print(f"--- --shared-prefix 64, --enable-kv-cache-reuse\n{p.stdout}")
+    assert "shared prompt prefix" in p.stdout and "prefix cache hit rate" in p.stdout, p.stdout
+    r = json.load(open(out))
+    check_report(r, 16, shared_prefix=64, busy=False)  # 16 short requests: polls may see none running
+    assert r["server"]["prefix_hit_rate"] > 0, r["server"]
+    return r
+
+
 def main():
     inflight = run_load("inflight")
     static = run_load("static")
@@ -126,6 +156,10 @@ def main():
     assert [(q["input_len"], q["output_len"]) for q in inflight["requests"]] == \
            [(q["input_len"], q["output_len"]) for q in static["requests"]]
     print("output tokens/s: inflight %.1f, static %.1f" % (inflight["output_tokens_per_s"], static["output_tokens_per_s"]))
+    shared = run_shared_prefix()
+    # the prefix goes in front: each request's own length (and output length) is as without it
+    assert [(q["input_len"], q["output_len"]) for q in shared["requests"]] == \
+           [(q["input_len"], q["output_len"]) for q in inflight["requests"][:16]]
 
     ep = "tcp://127.0.0.1:1"
     bad = [[], ["--num-requests", "5"], ["--endpoint", ep], ["--endpoint", ep, "--num-requests", "0"],
@@ -147,6 +181,17 @@ def main():
         assert p.returncode == 2, f"{args}: exit {p.returncode}, want 2\n{p.stderr}"
         assert p.stderr.startswith("loom-serve-bench: "), (args, p.stderr)
     print(f"{len(bad)} bad flag sets exit 2")
+
+    # --shared-prefix: N >= 0, and N + the longest input length must fit in int32
+    shared_bad = [(["--shared-prefix", "-1"], "out of range"), (["--shared-prefix", "x"], "not an integer"),
+                  (["--shared-prefix", "2147483647"], "exceeds"),
+                  (["--shared-prefix", "2147483600", "--input-len-range", "1,100"], "exceeds"),
+                  (["--shared-prefix", "99999999999"], "out of range"), (["--shared-prefix"], "needs a value")]
+    for extra, needle in shared_bad:
+        p, _ = bench("--endpoint", ep, "--num-requests", "5", *extra, timeout=30)
+        assert p.returncode == 2, f"{extra}: exit {p.returncode}, want 2\n{p.stderr}"
+        assert p.stderr.startswith("loom-serve-bench: --shared-prefix") and needle in p.stderr, (extra, p.stderr)
+    print(f"{len(shared_bad)} bad --shared-prefix values exit 2")
 
     p, dt = bench("--endpoint", f"tcp://127.0.0.1:{free_port()}", "--num-requests", "5", "--timeout", "3", timeout=30)
     assert p.returncode == 1 and "cannot reach" in p.stderr, (p.returncode, p.stderr)
