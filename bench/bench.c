@@ -1,26 +1,35 @@
-/* `loom bench`: static-batch benchmark on one GPU, like TensorRT-LLM's
- * gptSessionBenchmark. For each batch size and input/output length it runs
- * prefill (timed as TTFT) and greedy decode, and prints latency, TTFT, decode
- * tokens/s and GPU memory beside the floors measured in the same run: weight +
- * KV bytes over the measured copy bandwidth (decode), prefill FLOPs over the
- * measured cuBLASLt matmul rate. --json FILE writes every number. */
+/* `loom bench`: static-batch benchmark, like TensorRT-LLM's gptSessionBenchmark.
+ * For each batch size and input/output length it runs prefill (timed as TTFT)
+ * and greedy decode, and prints latency, TTFT, decode tokens/s and GPU memory
+ * beside the floors measured in the same run: weight + KV bytes over the
+ * measured copy bandwidth (decode), prefill FLOPs over the measured cuBLASLt
+ * matmul rate. --json FILE writes every number.
+ * With --tp/--pp it runs under mpirun, one rank per GPU, each holding one
+ * partition (random weights or its slice of --model); all ranks run the same
+ * batches in lockstep and rank 0 reports, with every rank's memory. */
 #include <cuda_runtime_api.h>
-#include <getopt.h>
 #include <jansson.h>
+#include <mpi.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "../coordinator/commands.h"
+#include "../parallel/dist_mpi.h"
 #include "../util/clock.h"
 #include "../util/fileutil.h"
 #include "../util/json_util.h"
-#include "../util/parse.h"
 #include "../worker/config.h"
 #include "../worker/gpu_model.h"
+#include "../worker/model.h"
+#include "bench_args.h"
 #include "probe.h"
+#ifdef LOOM_HAVE_NCCL
+#include "../parallel/dist_nccl.h"
+#endif
 
-#define MAX_CASES 32
+#define GIB ((double)(1 << 30))
 
 typedef struct preset {
     const char *name;
@@ -35,23 +44,53 @@ static const preset presets[] = {
     {"llama-70b", 8192, 80, 64, 8, 28672, 32000, 4096, 10000.0},
 };
 
-static void bench_usage(FILE *f)
-{
-    fprintf(f,
-            "usage: loom bench (--dummy-weights PRESET|CONFIG.json | --model DIR) [options]\n"
-            "\n"
-            "Static-batch prefill + greedy decode on one GPU, with the floors measured in the same run.\n"
-            "  --dummy-weights P          random weights: llama-7b, llama3-8b, llama-13b, llama-70b, or a config.json\n"
-            "  --model DIR                a Hugging Face directory (real weights)\n"
-            "  --batch-size \"1;8;64\"      batch sizes\n"
-            "  --input-output-len \"128,256;2048,256\"  input,output lengths\n"
-            "  --dtype fp16|bf16          activation and weight dtype (default fp16)\n"
-            "  --max-num-tokens N         tokens per prefill forward (default 8192)\n"
-            "  --kv-cache-free-gpu-mem-fraction F  of the memory free after weights (default 0.9)\n"
-            "  --max-tokens-in-paged-kv-cache N    cap the KV pool\n"
-            "  --multi-block auto|on|off  split long decode contexts over several blocks (default auto)\n"
-            "  --json FILE                write all numbers\n");
-}
+/* NCCL settings that change how ranks talk (transport, algorithm); the JSON
+ * records their values so runs can be compared. */
+static const char *const nccl_env[] = {
+    "NCCL_P2P_DISABLE", "NCCL_SHM_DISABLE", "NCCL_NVLS_ENABLE", "NCCL_IB_DISABLE", "NCCL_P2P_LEVEL", "NCCL_ALGO", "NCCL_PROTO",
+};
+
+/* How the multi-GPU floors are computed (also written into the JSON). */
+#define DECODE_FLOOR_MODEL                                                                                                     \
+    "sum over pipeline stages of the max over the stage's TP ranks of (the rank's weight bytes a step reads + its KV bytes "   \
+    "at the mean context) / the rank's measured copy bandwidth: TP ranks read in parallel, stages one after another (no "      \
+    "micro-batching); communication not counted. Equal stages: pp x (one rank's weights + KV) / bandwidth"
+#define PREFILL_FLOOR_MODEL                                                                                                    \
+    "sum over pipeline stages of the max over the stage's TP ranks of the rank's prefill FLOPs / its measured matmul rate; "  \
+    "prefill_fraction_of_matmul_rate = that floor / TTFT"
+
+/* The run's ranks and this one's place among them. tp = pp = 1 outside
+ * mpirun is the single-GPU benchmark: no MPI, the current device. */
+typedef struct layout {
+    int tp, pp, world, rank;
+    bool mpi;                   /* MPI_Init was called */
+    int gpu;                    /* CUDA device ordinal (-1: the current device) */
+    loom_shard shard;           /* this rank's partition */
+    loom_mpi_dist *dist;        /* TP and PP communicators (world > 1) */
+    MPI_Comm pp_comm;           /* this rank's pipeline: the ids go back over it */
+    const loom_gpu_dist *hooks; /* NCCL data plane (world > 1) */
+#ifdef LOOM_HAVE_NCCL
+    loom_nccl *nccl;
+#endif
+} layout;
+
+/* One rank's numbers after load, gathered to rank 0 (doubles only: one MPI_DOUBLE gather). */
+typedef struct rank_info {
+    double bw, rate;                   /* measured copy bytes/s, matmul FLOP/s */
+    double weight_bytes;               /* bytes of weights a decode step reads */
+    double kv_bytes, kv_tokens, kv_blocks, kv_per_token; /* the pool; bytes per token on this rank */
+    double workspace, total, free_after;                 /* bytes */
+    double gpu, tp_rank, pp_rank, layer_begin, layer_end, heads_local;
+} rank_info;
+
+/* One rank's numbers of one case. */
+typedef struct case_info {
+    double used;          /* bytes in use on the GPU after the case (cudaMemGetInfo: includes the whole KV pool) */
+    double need;          /* used - KV pool + the KV blocks this case held: what the case needed */
+    double decode_floor;  /* s: (weight bytes + KV bytes at the mean context) / bandwidth */
+    double prefill_flops; /* this rank's prefill FLOPs */
+    double prefill_floor; /* s: prefill_flops / matmul rate */
+} case_info;
 
 /* A config from a preset name (4.x-style keys are enough for the loader). */
 static loom_status preset_config(const char *name, const char *tmpdir, loom_config *cfg, loom_err *err)
@@ -75,156 +114,372 @@ static loom_status preset_config(const char *name, const char *tmpdir, loom_conf
     return loom_err_set(err, LOOM_EINVAL, "unknown preset %s (llama-7b, llama3-8b, llama-13b, llama-70b, or a path to a config.json)", name);
 }
 
-static loom_status parse_list(const char *s, const char *what, int64_t *out, int *n, int per, loom_err *err)
+/* The config of --dummy-weights (a preset written to tmpdir, or a config.json's directory) or of --model. */
+static loom_status load_config(const loom_bench_args *a, char *tmpdir, loom_config *cfg, loom_err *err)
 {
-    /* "a;b;c" (per = 1) or "a,b;c,d" (per = 2) */
-    char *copy = strdup(s), *save = NULL;
-    if (!copy) return loom_err_set(err, LOOM_ENOMEM, "out of memory");
-    *n = 0;
-    loom_status st = LOOM_OK;
-    for (char *tok = strtok_r(copy, ";", &save); tok && st == LOOM_OK; tok = strtok_r(NULL, ";", &save)) {
-        if (*n >= MAX_CASES) {
-            st = loom_err_set(err, LOOM_EINVAL, "%s: at most %d entries", what, MAX_CASES);
-            break;
-        }
-        if (per == 1) {
-            st = loom_parse_i64(tok, 1, 4096, what, &out[*n], err);
-        } else {
-            char *comma = strchr(tok, ',');
-            if (!comma) {
-                st = loom_err_set(err, LOOM_EINVAL, "%s: \"%s\" is not IN,OUT", what, tok);
-                break;
-            }
-            *comma = '\0';
-            st = loom_parse_i64(tok, 1, 1 << 20, what, &out[2 * *n], err);
-            if (st == LOOM_OK) st = loom_parse_i64(comma + 1, 1, 1 << 20, what, &out[2 * *n + 1], err);
-        }
-        (*n)++;
+    if (a->model) return loom_config_load(a->model, cfg, err);
+    if (loom_file_exists(a->dummy)) {
+        char dir[4096];
+        snprintf(dir, sizeof dir, "%s", a->dummy);
+        char *slash = strrchr(dir, '/');
+        if (slash) *slash = '\0';
+        else snprintf(dir, sizeof dir, ".");
+        return loom_config_load(dir, cfg, err);
     }
-    free(copy);
-    if (st == LOOM_OK && *n == 0) st = loom_err_set(err, LOOM_EINVAL, "%s is empty", what);
-    return st;
+    if (!mkdtemp(tmpdir)) return loom_err_set(err, LOOM_EIO, "cannot create a temporary directory");
+    return preset_config(a->dummy, tmpdir, cfg, err);
+}
+
+/* Parameters of the whole model (embeddings, layers, final norm, lm_head
+ * unless tied; biases left out): the seed of the per-GPU weight estimate. */
+static double model_params(const loom_config *c)
+{
+    const double H = (double)c->hidden_size, hd = (double)c->head_dim, QD = (double)c->n_heads * hd, KD = (double)c->n_kv_heads * hd;
+    const double layer = 2 * H + H * (QD + 2 * KD) + QD * H + 3 * (double)c->intermediate_size * H;
+    return (double)c->vocab_size * H * (c->tie_word_embeddings ? 1 : 2) + (double)c->n_layers * layer + H;
+}
+
+/* Started by mpirun or srun (Open MPI, PMIx, PMI/PMI2, MVAPICH): then
+ * MPI is initialised even at tp = pp = 1, so a job of several ranks is refused
+ * instead of running copies of the benchmark on one GPU. Without a launcher,
+ * --tp/--pp above 1 are refused before MPI starts. */
+static bool launched_by_mpi(void)
+{
+    static const char *const vars[] = {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE", "MV2_COMM_WORLD_SIZE"};
+    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++)
+        if (getenv(vars[i])) return true;
+    return false;
+}
+
+/* Every rank agrees whether a collective step worked. */
+static bool all_ok(const layout *L, bool ok)
+{
+    if (!L->mpi) return ok;
+    int mine = ok, all = 0;
+    MPI_Allreduce(&mine, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+    return all;
+}
+
+/* An error of this rank: with several ranks the message says which. */
+static void report(const layout *L, const loom_err *err)
+{
+    if (L->world > 1) fprintf(stderr, "loom bench: rank %d: %s\n", L->rank, err->msg);
+    else fprintf(stderr, "loom bench: %s\n", err->msg);
+}
+
+/* A forward failed. One GPU: the caller stops. Several: the other ranks may
+ * wait in a collective for this one, so after the message the job ends. */
+static void step_failed(const layout *L, const loom_err *err)
+{
+    if (L->world == 1) return;
+    report(L, err);
+    fflush(stderr);
+    MPI_Abort(MPI_COMM_WORLD, 1);
+}
+
+/* MPI, the world-size check and this rank's GPU (world > 1 or under mpirun).
+ * Returns 0 to go on, else the exit code (the message is printed). */
+static int layout_start(layout *L, const loom_bench_args *a, int *argc, char ***argv)
+{
+    L->tp = a->tp;
+    L->pp = a->pp;
+    L->world = 1;
+    L->gpu = -1;
+    L->pp_comm = MPI_COMM_NULL;
+    const int n = a->tp * a->pp;
+    const bool launched = launched_by_mpi();
+    if (n == 1 && !launched) return 0;
+    if (!launched) {
+        fprintf(stderr, "loom bench: --tp %d --pp %d runs %d ranks, one per GPU: launch with mpirun -n %d loom bench ...\n", a->tp, a->pp, n, n);
+        return 2;
+    }
+    int provided;
+    MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided);
+    L->mpi = true;
+    MPI_Comm_rank(MPI_COMM_WORLD, &L->rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &L->world);
+    if (L->world != n) {
+        if (L->rank == 0)
+            fprintf(stderr, "loom bench: --tp %d --pp %d runs %d rank%s, one per GPU: launch with mpirun -n %d (this job has %d)\n", a->tp, a->pp, n,
+                    n > 1 ? "s" : "", n, L->world);
+        return 2;
+    }
+    /* the GPU: node-local rank modulo the devices this rank sees (all of the
+     * node's, or one each when the launcher binds them) */
+    MPI_Comm node;
+    int local = 0, on_node = 1, n_dev = 0;
+    MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
+    MPI_Comm_rank(node, &local);
+    MPI_Comm_size(node, &on_node);
+    bool ok = cudaGetDeviceCount(&n_dev) == cudaSuccess && n_dev > 0;
+    char bus[32] = "";
+    if (!ok) {
+        cudaGetLastError();
+        loom_err e;
+        loom_err_set(&e, LOOM_EIO, "no CUDA device found (bench measures GPU runs; the CPU backend has no benchmark yet)");
+        report(L, &e);
+    } else {
+        L->gpu = local % n_dev;
+        ok = cudaSetDevice(L->gpu) == cudaSuccess && cudaDeviceGetPCIBusId(bus, sizeof bus, L->gpu) == cudaSuccess;
+        if (!ok) fprintf(stderr, "loom bench: rank %d: cannot use CUDA device %d: %s\n", L->rank, L->gpu, cudaGetErrorString(cudaGetLastError()));
+    }
+    /* two ranks on one GPU would make NCCL fail: say so first */
+    char *buses = calloc((size_t)on_node, sizeof bus);
+    if (buses) {
+        MPI_Allgather(bus, (int)sizeof bus, MPI_CHAR, buses, (int)sizeof bus, MPI_CHAR, node);
+        for (int i = 0; ok && i < local; i++)
+            if (!strcmp(buses + (size_t)i * sizeof bus, bus)) {
+                fprintf(stderr, "loom bench: rank %d would share GPU %s with another rank (%d ranks on this node, %d GPUs visible to each): "
+                                "each rank needs its own GPU\n", L->rank, bus, on_node, n_dev);
+                ok = false;
+            }
+    }
+    free(buses);
+    MPI_Comm_free(&node);
+    return all_ok(L, ok) ? 0 : 1;
+}
+
+/* This rank's shard (world > 1): its TP rank, stage and layers. The same
+ * check on every rank, so rank 0 alone reports a failure. */
+static loom_status layout_shard(layout *L, const loom_config *cfg, loom_err *err)
+{
+    loom_topo t;
+    LOOM_CHECK(loom_topo_make(L->tp, L->pp, L->rank, &t, err)); /* world rank = worker index, as loom_mpi_dist_create lays them out */
+    loom_shard *sh = &L->shard;
+    *sh = (loom_shard){.tp_rank = t.tp_rank, .tp_size = L->tp, .pp_rank = t.pp_rank, .pp_size = L->pp};
+    const int64_t *layers = cfg->conv_pp == L->pp ? cfg->conv_pp_layers : NULL; /* a `loom convert` directory's split */
+    LOOM_CHECK(loom_shard_layers(cfg->n_layers, L->pp, layers, sh->pp_rank, &sh->layer_begin, &sh->layer_end, err));
+    loom_shard_dims d;
+    return loom_shard_dims_make(cfg, sh, &d, err);
+}
+
+/* TP/PP communicators and the NCCL data plane (world > 1). Collective. */
+static loom_status layout_connect(layout *L, loom_err *err)
+{
+#ifdef LOOM_HAVE_NCCL
+    L->dist = loom_mpi_dist_create(MPI_COMM_WORLD, L->tp, L->pp, err);
+    if (!L->dist) return LOOM_EINVAL;
+    L->pp_comm = loom_mpi_dist_pp_comm(L->dist);
+    L->nccl = loom_nccl_create(loom_mpi_dist_tp_comm(L->dist), L->pp_comm, err);
+    if (!L->nccl) return LOOM_EIO;
+    L->hooks = loom_nccl_hooks(L->nccl);
+    return LOOM_OK;
+#else
+    return loom_err_set(err, LOOM_EUNSUPPORTED, "this loom was built without NCCL; --tp/--pp above 1 need it");
+#endif
+}
+
+/* Removes the preset's temporary config directory, if one was made. */
+static void remove_tmpdir(char *tmpdir, size_t len)
+{
+    if (tmpdir[len - 7] == 'X') return; /* mkdtemp never ran */
+    char p[4200];
+    snprintf(p, sizeof p, "%s/config.json", tmpdir);
+    remove(p);
+    remove(tmpdir);
+}
+
+static void layout_end(layout *L)
+{
+#ifdef LOOM_HAVE_NCCL
+    loom_nccl_destroy(L->nccl);
+#endif
+    loom_mpi_dist_destroy(L->dist);
+    if (L->mpi) MPI_Finalize();
+}
+
+/* Max / min of v[0], v[stride], ... (n values): a field of an array of structs of doubles. */
+static double max_of(const double *v, int stride, int n)
+{
+    double m = v[0];
+    for (int i = 1; i < n; i++) m = v[i * stride] > m ? v[i * stride] : m;
+    return m;
+}
+
+static double min_of(const double *v, int stride, int n)
+{
+    double m = v[0];
+    for (int i = 1; i < n; i++) m = v[i * stride] < m ? v[i * stride] : m;
+    return m;
+}
+
+/* Sum over stages of the max over each stage's TP ranks of v[rank]
+ * (rank = stage * tp + tp rank, as parallel/topology.h lays them out). */
+static double stage_floor(const double *v, int stride, int tp, int pp)
+{
+    double sum = 0;
+    for (int s = 0; s < pp; s++) {
+        double m = 0;
+        for (int r = s * tp; r < (s + 1) * tp; r++) m = v[r * stride] > m ? v[r * stride] : m;
+        sum += m;
+    }
+    return sum;
+}
+
+static json_t *json_reals(const double *v, int stride, int n, double scale)
+{
+    json_t *a = json_array();
+    for (int i = 0; i < n; i++) json_array_append_new(a, json_real(v[i * stride] * scale));
+    return a;
+}
+
+/* The multi-GPU header lines (rank 0, stderr): layout, estimate, each rank. */
+static void print_ranks(const layout *L, const rank_info *ri, double params, loom_dtype act)
+{
+    fprintf(stderr, "loom bench: tp %d x pp %d = %d GPUs (pipeline without micro-batching); weights per GPU estimate %.2f GiB (%.2fB params x 2 bytes / %d)",
+            L->tp, L->pp, L->world, params * 2 / (L->tp * L->pp) / GIB, params / 1e9, L->tp * L->pp);
+    for (size_t i = 0; i < sizeof nccl_env / sizeof nccl_env[0]; i++)
+        if (getenv(nccl_env[i])) fprintf(stderr, " %s=%s", nccl_env[i], getenv(nccl_env[i]));
+    fprintf(stderr, "\n");
+    for (int r = 0; r < L->world; r++) {
+        const rank_info *x = &ri[r];
+        fprintf(stderr,
+                "loom bench: rank %d (stage %d, tp %d, layers %.0f-%.0f, GPU %.0f): copy %.2f TB/s, %s matmul %.0f TFLOP/s; weights %.2f GiB, KV pool %.2f GiB "
+                "(%.0f tokens), workspace %.2f GiB, free %.2f GiB of %.2f\n",
+                r, (int)x->pp_rank, (int)x->tp_rank, x->layer_begin, x->layer_end - 1, x->gpu, x->bw / 1e12, loom_dtype_name(act), x->rate / 1e12,
+                x->weight_bytes / GIB, x->kv_bytes / GIB, x->kv_tokens, x->workspace / GIB, x->free_after / GIB, x->total / GIB);
+    }
 }
 
 int loom_cmd_bench(int argc, char **argv)
 {
-    static const struct option longopts[] = {
-        {"dummy-weights", required_argument, 0, 'w'}, {"model", required_argument, 0, 'm'},
-        {"batch-size", required_argument, 0, 'b'},    {"input-output-len", required_argument, 0, 'l'},
-        {"dtype", required_argument, 0, 'd'},         {"max-num-tokens", required_argument, 0, 't'},
-        {"kv-cache-free-gpu-mem-fraction", required_argument, 0, 'f'},
-        {"max-tokens-in-paged-kv-cache", required_argument, 0, 'k'},
-        {"multi-block", required_argument, 0, 'x'},   {"json", required_argument, 0, 'j'},
-        {"help", no_argument, 0, 'h'},                {0, 0, 0, 0},
-    };
-    const char *dummy = NULL, *model = NULL, *json_path = NULL, *bs_s = "1;8;64", *io_s = "128,256;2048,256";
+    loom_bench_args a;
+    int prc = loom_bench_parse(argc, argv, &a);
+    if (prc) return prc == 1 ? 0 : 2;
     loom_gpu_opts go = loom_gpu_opts_default();
     loom_err err = {{0}};
-    int c, bad = 0;
-    optind = 1;
-    opterr = 0;
-    while (!bad && (c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
-        float fv;
-        switch (c) {
-        case 'w': dummy = optarg; break;
-        case 'm': model = optarg; break;
-        case 'b': bs_s = optarg; break;
-        case 'l': io_s = optarg; break;
-        case 'd':
-            if (!strcmp(optarg, "fp16")) go.act = LOOM_F16;
-            else if (!strcmp(optarg, "bf16")) go.act = LOOM_BF16;
-            else bad = loom_err_set(&err, LOOM_EINVAL, "--dtype must be fp16 or bf16") != LOOM_OK;
-            break;
-        case 't': bad = loom_parse_i64(optarg, 1, 1 << 20, "--max-num-tokens", &go.max_tokens, &err) != LOOM_OK; break;
-        case 'f':
-            bad = loom_parse_f32(optarg, "--kv-cache-free-gpu-mem-fraction", &fv, &err) != LOOM_OK;
-            if (!bad && !(fv > 0 && fv <= 1)) bad = loom_err_set(&err, LOOM_EINVAL, "--kv-cache-free-gpu-mem-fraction must be in (0, 1]") != LOOM_OK;
-            go.kv_free_fraction = fv;
-            break;
-        case 'k': bad = loom_parse_i64(optarg, 1, INT32_MAX, "--max-tokens-in-paged-kv-cache", &go.max_kv_tokens, &err) != LOOM_OK; break;
-        case 'x':
-            go.multi_block = !strcmp(optarg, "on") ? 1 : !strcmp(optarg, "off") ? 0 : !strcmp(optarg, "auto") ? -1 : -2;
-            if (go.multi_block == -2) bad = loom_err_set(&err, LOOM_EINVAL, "--multi-block must be auto, on or off") != LOOM_OK;
-            break;
-        case 'j': json_path = optarg; break;
-        case 'h': bench_usage(stdout); return 0;
-        default: bad = loom_err_set(&err, LOOM_EINVAL, "unknown option %s", argv[optind - 1]) != LOOM_OK; break;
-        }
-    }
-    int64_t bss[MAX_CASES], ios[2 * MAX_CASES];
-    int n_bs = 0, n_io = 0;
-    if (!bad && !dummy == !model) bad = loom_err_set(&err, LOOM_EINVAL, "give exactly one of --dummy-weights or --model") != LOOM_OK;
-    if (!bad) bad = parse_list(bs_s, "--batch-size", bss, &n_bs, 1, &err) != LOOM_OK;
-    if (!bad) bad = parse_list(io_s, "--input-output-len", ios, &n_io, 2, &err) != LOOM_OK;
-    if (bad) {
-        fprintf(stderr, "loom bench: %s (see 'loom bench --help')\n", err.msg);
-        return 2;
-    }
+    go.act = a.act;
+    if (a.max_tokens) go.max_tokens = a.max_tokens;
+    if (a.kv_fraction > 0) go.kv_free_fraction = a.kv_fraction;
+    go.max_kv_tokens = a.max_kv_tokens;
+    go.multi_block = a.multi_block;
+    const int64_t *bss = a.batch, *ios = a.io;
+    const int n_bs = a.n_batch, n_io = a.n_io;
     int64_t max_b = 1, max_len = 1;
     for (int i = 0; i < n_bs; i++) max_b = bss[i] > max_b ? bss[i] : max_b;
     for (int i = 0; i < n_io; i++) max_len = ios[2 * i] + ios[2 * i + 1] > max_len ? ios[2 * i] + ios[2 * i + 1] : max_len;
     go.max_seqs = max_b;
     go.max_seq_len = max_len;
 
-    int n_dev = 0;
-    if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev == 0) {
-        fprintf(stderr, "loom bench: no CUDA device found (bench measures GPU runs; the CPU backend has no benchmark yet)\n");
-        return 1;
+    layout L = {0};
+    int rc = layout_start(&L, &a, &argc, &argv);
+    if (rc) {
+        layout_end(&L);
+        return rc;
     }
-    /* Floors first, on an idle GPU. */
+    const bool multi = L.world > 1, root = L.rank == 0;
+    if (!multi) {
+        int n_dev = 0;
+        if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev == 0) {
+            fprintf(stderr, "loom bench: no CUDA device found (bench measures GPU runs; the CPU backend has no benchmark yet)\n");
+            layout_end(&L);
+            return 1;
+        }
+    }
+    /* Floors first, on an idle GPU (every rank its own). */
     double bw = 0, rate = 0;
-    if (loom_probe_copy_bandwidth(&bw, &err) != LOOM_OK || loom_probe_matmul_rate(go.act, &rate, &err) != LOOM_OK) {
-        fprintf(stderr, "loom bench: %s\n", err.msg);
+    bool ok = loom_probe_copy_bandwidth(&bw, &err) == LOOM_OK && loom_probe_matmul_rate(go.act, &rate, &err) == LOOM_OK;
+    if (!ok) report(&L, &err);
+    if (!all_ok(&L, ok)) {
+        layout_end(&L);
         return 1;
     }
-    fprintf(stderr, "loom bench: measured copy bandwidth %.2f TB/s, %s matmul rate %.0f TFLOP/s\n", bw / 1e12, loom_dtype_name(go.act), rate / 1e12);
+    if (!multi)
+        fprintf(stderr, "loom bench: measured copy bandwidth %.2f TB/s, %s matmul rate %.0f TFLOP/s\n", bw / 1e12, loom_dtype_name(go.act), rate / 1e12);
 
     loom_config cfg = {0};
     loom_gpu_model *m = NULL;
     char tmpdir[] = "/tmp/loom-bench-XXXXXX";
-    if (dummy) {
-        loom_status st;
-        if (loom_file_exists(dummy)) {
-            char dir[4096];
-            snprintf(dir, sizeof dir, "%s", dummy);
-            char *slash = strrchr(dir, '/');
-            if (slash) *slash = '\0';
-            else snprintf(dir, sizeof dir, ".");
-            st = loom_config_load(dir, &cfg, &err);
-        } else if (!mkdtemp(tmpdir)) {
-            st = loom_err_set(&err, LOOM_EIO, "cannot create a temporary directory");
-        } else {
-            st = preset_config(dummy, tmpdir, &cfg, &err);
-        }
-        if (st == LOOM_OK) m = loom_gpu_model_dummy(&cfg, &go, 1234, &err);
-    } else {
-        m = loom_gpu_model_load(model, &go, &err);
+    loom_status st = LOOM_OK;
+    if (a.dummy || multi) st = load_config(&a, tmpdir, &cfg, &err);
+    if (st == LOOM_OK && multi) st = layout_shard(&L, &cfg, &err);
+    /* a bad config or layout fails alike on every rank: rank 0 says so, others only for a failure of their own */
+    int root_ok = st == LOOM_OK;
+    if (multi) MPI_Bcast(&root_ok, 1, MPI_INT, 0, MPI_COMM_WORLD);
+    if (st != LOOM_OK && (root || root_ok)) report(&L, &err);
+    bool go_on = all_ok(&L, st == LOOM_OK);
+    if (go_on && multi) {
+        st = layout_connect(&L, &err);
+        if (st != LOOM_OK) report(&L, &err);
+        go_on = all_ok(&L, st == LOOM_OK);
     }
-    if (!m) {
-        fprintf(stderr, "loom bench: %s\n", err.msg);
+    if (go_on) {
+        if (a.dummy) m = loom_gpu_model_dummy_part(&cfg, &go, multi ? &L.shard : NULL, L.hooks, 1234, &err);
+        else if (multi) m = loom_gpu_model_load_part(a.model, &go, &L.shard, L.hooks, &err);
+        else m = loom_gpu_model_load(a.model, &go, &err);
+        if (!m) report(&L, &err);
+    }
+    if (!all_ok(&L, m != NULL)) {
+        loom_gpu_model_destroy(m);
         loom_config_free(&cfg);
+        remove_tmpdir(tmpdir, sizeof tmpdir);
+        layout_end(&L);
         return 1;
     }
     const loom_config *mc = loom_gpu_config(m);
     loom_gpu_mem mem = loom_gpu_model_mem(m);
-    fprintf(stderr, "loom bench: weights %.2f GiB, KV pool %.2f GiB (%lld tokens), workspace %.2f GiB, free %.2f GiB of %.2f\n",
-            (double)mem.weights / (1 << 30), (double)mem.kv / (1 << 30), (long long)mem.kv_tokens, (double)mem.workspace / (1 << 30),
-            (double)mem.free_after / (1 << 30), (double)mem.total / (1 << 30));
     const double es = 2.0;
     const double params = (double)loom_gpu_weight_bytes(m) / es;
     const double kv_per_token = 2.0 * (double)mc->n_layers * (double)mc->n_kv_heads * (double)mc->head_dim * es;
+    const double model_p = model_params(mc);
+    if (!multi) L.shard = loom_shard_single(mc);
+
+    /* Every rank's numbers on rank 0. */
+    loom_shard_dims dims;
+    loom_shard_dims_make(mc, &L.shard, &dims, &err); /* cannot fail: the model was made from this shard */
+    rank_info mine = {.bw = bw, .rate = rate, .weight_bytes = (double)loom_gpu_weight_bytes(m), .kv_bytes = (double)mem.kv,
+                      .kv_tokens = (double)mem.kv_tokens, .kv_blocks = (double)mem.kv_blocks,
+                      .kv_per_token = mem.kv_tokens ? (double)mem.kv / (double)mem.kv_tokens : 0, .workspace = (double)mem.workspace,
+                      .total = (double)mem.total, .free_after = (double)mem.free_after, .gpu = L.gpu, .tp_rank = L.shard.tp_rank,
+                      .pp_rank = L.shard.pp_rank, .layer_begin = (double)L.shard.layer_begin, .layer_end = (double)L.shard.layer_end,
+                      .heads_local = (double)dims.n_heads_local};
+    const int n_ri = (int)(sizeof mine / sizeof(double)), n_ci = (int)(sizeof(case_info) / sizeof(double));
+    rank_info *ri = calloc((size_t)L.world, sizeof *ri);
+    case_info *ci = calloc((size_t)L.world, sizeof *ci);
+    if (!ri || !ci) {
+        fprintf(stderr, "loom bench: out of memory\n");
+        if (multi) MPI_Abort(MPI_COMM_WORLD, 1);
+        free(ri);
+        free(ci);
+        loom_gpu_model_destroy(m);
+        loom_config_free(&cfg);
+        layout_end(&L);
+        return 1;
+    }
+    if (multi) MPI_Gather(&mine, n_ri, MPI_DOUBLE, ri, n_ri, MPI_DOUBLE, 0, MPI_COMM_WORLD);
+    else ri[0] = mine;
+    /* the smallest pool bounds every case: each token needs room on every rank */
+    double min_blocks = mine.kv_blocks;
+    if (multi) MPI_Allreduce(&mine.kv_blocks, &min_blocks, 1, MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD);
+    if (!multi)
+        fprintf(stderr, "loom bench: weights %.2f GiB, KV pool %.2f GiB (%lld tokens), workspace %.2f GiB, free %.2f GiB of %.2f\n",
+                (double)mem.weights / GIB, (double)mem.kv / GIB, (long long)mem.kv_tokens, (double)mem.workspace / GIB,
+                (double)mem.free_after / GIB, (double)mem.total / GIB);
+    else if (root)
+        print_ranks(&L, ri, model_p, go.act);
 
     json_t *jcases = json_array();
-    printf("%-6s %-11s %10s %10s %12s %12s %10s %12s %8s\n", "batch", "in/out", "latency_ms", "ttft_ms", "decode_tok/s", "step_ms", "floor_ms",
-           "prefill_%mm", "mem_GiB");
-    int rc = 0;
-    int32_t *tokens = malloc((size_t)go.max_tokens * sizeof *tokens), *ids = malloc((size_t)max_b * sizeof *ids);
-    int32_t *next = malloc((size_t)max_b * sizeof *next);
+    if (root && !multi)
+        printf("%-6s %-11s %10s %10s %12s %12s %10s %12s %8s\n", "batch", "in/out", "latency_ms", "ttft_ms", "decode_tok/s", "step_ms", "floor_ms",
+               "prefill_%mm", "mem_GiB");
+    else if (root)
+        printf("%-6s %-11s %10s %10s %12s %12s %10s %12s %8s %8s %8s  %s\n", "batch", "in/out", "latency_ms", "ttft_ms", "decode_tok/s", "step_ms",
+               "floor_ms", "prefill_%mm", "mem_GiB", "need_GiB", "est_GiB", "need_per_gpu_GiB");
+    fflush(stdout);
+    int n_skipped = 0;
+    double peak_used = 0;
+    int32_t *tokens = malloc((size_t)go.max_tokens * sizeof *tokens), *ids = calloc((size_t)max_b, sizeof *ids);
+    int32_t *next = calloc((size_t)max_b, sizeof *next);
     int64_t *slots = malloc((size_t)max_b * sizeof *slots), *start = malloc((size_t)(max_b + 1) * sizeof *start);
+    if (!all_ok(&L, tokens && ids && next && slots && start)) rc = loom_err_set(&err, LOOM_ENOMEM, "out of host memory") != LOOM_OK;
+    /* ids go back from the last stage to the first over each pipeline (its
+     * TP rank's); with one stage every rank samples them itself */
+    const bool feedback = L.pp > 1;
     /* Warm-up per batch size: a short prefill and a few decode steps, so
      * cuBLASLt's heuristic calls and the decode graph capture are not timed. */
     for (int bi = 0; bi < n_bs && !rc; bi++) {
         int64_t B = bss[bi];
+        if ((double)B > min_blocks) continue; /* its cases are skipped below */
         for (int64_t s = 0; s < B; s++) {
             loom_gpu_seq_reset(m, s);
             slots[s] = s;
@@ -233,14 +488,36 @@ int loom_cmd_bench(int argc, char **argv)
         }
         start[B] = B;
         for (int k = 0; k < 4 && !rc; k++)
-            if (loom_gpu_forward(m, B, slots, start, tokens, ids, &err) != LOOM_OK) rc = 1;
+            if (loom_gpu_forward(m, B, slots, start, tokens, ids, &err) != LOOM_OK) rc = 1, step_failed(&L, &err);
         for (int64_t s = 0; s < B; s++) loom_gpu_seq_reset(m, s);
     }
     for (int bi = 0; bi < n_bs && !rc; bi++) {
         for (int ii = 0; ii < n_io && !rc; ii++) {
             int64_t B = bss[bi], in = ios[2 * ii], out = ios[2 * ii + 1];
+            char io[32];
+            snprintf(io, sizeof io, "%lld/%lld", (long long)in, (long long)out);
+            /* the case's KV must fit the smallest pool (all ranks decide alike) */
+            const int64_t tpb = go.tokens_per_block, blocks_used = B * ((in + out - 1 + tpb - 1) / tpb);
+            if ((double)blocks_used > min_blocks) {
+                if (root)
+                    fprintf(stderr,
+                            "loom bench: batch %lld %s skipped: it needs %lld KV blocks of %lld tokens%s, the KV pool holds %.0f "
+                            "(raise --kv-cache-free-gpu-mem-fraction or --max-tokens-in-paged-kv-cache, use more GPUs, or drop the case)\n",
+                            (long long)B, io, (long long)blocks_used, (long long)tpb, multi ? " on every GPU" : "", min_blocks);
+                json_t *jc = json_object();
+                json_object_set_new(jc, "batch_size", json_integer(B));
+                json_object_set_new(jc, "input_len", json_integer(in));
+                json_object_set_new(jc, "output_len", json_integer(out));
+                json_object_set_new(jc, "skipped", json_string("the KV pool is too small for this case"));
+                json_object_set_new(jc, "kv_blocks_needed", json_integer(blocks_used));
+                json_object_set_new(jc, "kv_blocks_available", json_integer((json_int_t)min_blocks));
+                json_array_append_new(jcases, jc);
+                n_skipped++;
+                continue;
+            }
             for (int64_t s = 0; s < B; s++) loom_gpu_seq_reset(m, s);
             uint64_t rng = 88172645463325252ull;
+            if (multi) MPI_Barrier(MPI_COMM_WORLD); /* start together */
             double t0 = loom_now_s();
             /* prefill: whole prompts, or chunks of one, within max_tokens per forward */
             for (int64_t s = 0; s < B && !rc;) {
@@ -259,11 +536,12 @@ int loom_cmd_bench(int argc, char **argv)
                     start[++n_seqs] = used;
                     if (take < left) break; /* this sequence continues next forward */
                 }
-                if (loom_gpu_forward(m, n_seqs, slots, start, tokens, ids, &err) != LOOM_OK) rc = 1;
+                if (loom_gpu_forward(m, n_seqs, slots, start, tokens, ids, &err) != LOOM_OK) rc = 1, step_failed(&L, &err);
                 for (int64_t i = 0; i < n_seqs && !rc; i++)
                     if (loom_gpu_seq_len(m, slots[i]) == in) next[slots[i]] = ids[i]; /* its first generated token */
                 while (s < B && loom_gpu_seq_len(m, s) == in) s++;
             }
+            if (feedback && !rc) MPI_Bcast(next, (int)B, MPI_INT32_T, L.pp - 1, L.pp_comm); /* first tokens to the first stage */
             double t1 = loom_now_s();
             /* decode: out - 1 steps of one token per sequence */
             for (int64_t s = 0; s < B; s++) {
@@ -274,23 +552,51 @@ int loom_cmd_bench(int argc, char **argv)
             memcpy(ids, next, (size_t)B * sizeof *ids);
             for (int64_t step = 1; step < out && !rc; step++) {
                 memcpy(tokens, ids, (size_t)B * sizeof *ids);
-                if (loom_gpu_forward(m, B, slots, start, tokens, ids, &err) != LOOM_OK) rc = 1;
+                if (loom_gpu_forward(m, B, slots, start, tokens, ids, &err) != LOOM_OK) rc = 1, step_failed(&L, &err);
+                else if (feedback) MPI_Bcast(ids, (int)B, MPI_INT32_T, L.pp - 1, L.pp_comm);
             }
             double t2 = loom_now_s();
             if (rc) break;
             double ttft = t1 - t0, dec = t2 - t1, steps = (double)(out - 1);
             double step_s = steps > 0 ? dec / steps : 0;
             double mean_ctx = (double)in + (double)out / 2.0;
-            double floor_s = ((double)loom_gpu_weight_bytes(m) + (double)B * mean_ctx * kv_per_token) / bw;
-            double prefill_flops = 2.0 * params * (double)(B * in) + 4.0 * (double)mc->n_layers * (double)(B * in) * (double)in / 2.0 *
-                                                                          (double)(mc->n_heads * mc->head_dim);
+            /* this rank's floors; one GPU: the same expressions as always */
+            double floor_s = ((double)loom_gpu_weight_bytes(m) + (double)B * mean_ctx * (multi ? mine.kv_per_token : kv_per_token)) / bw;
+            double prefill_flops = 2.0 * params * (double)(B * in) + 4.0 * (double)(L.shard.layer_end - L.shard.layer_begin) * (double)(B * in) *
+                                                                          (double)in / 2.0 * (double)(dims.n_heads_local * mc->head_dim);
             double prefill_pct = 100.0 * prefill_flops / ttft / rate;
-            size_t fr = mem.free_after;
-            double mem_gib = (double)(mem.total - fr) / (1 << 30);
-            char io[32];
-            snprintf(io, sizeof io, "%lld/%lld", (long long)in, (long long)out);
-            printf("%-6lld %-11s %10.1f %10.1f %12.1f %12.3f %10.3f %12.1f %8.1f\n", (long long)B, io, (ttft + dec) * 1e3, ttft * 1e3,
-                   steps > 0 ? (double)B * steps / dec : 0.0, step_s * 1e3, floor_s * 1e3, prefill_pct, mem_gib);
+            size_t fr = mem.free_after, tot = mem.total;
+            if (multi) cudaMemGetInfo(&fr, &tot); /* after the case: NCCL buffers and graphs included */
+            double mem_gib = (double)(mem.total - fr) / GIB;
+            case_info c1 = {.used = (double)(tot - fr),
+                            .need = (double)(tot - fr) - (double)mem.kv + (double)blocks_used * (double)mem.kv / (double)mem.kv_blocks,
+                            .decode_floor = floor_s,
+                            .prefill_flops = prefill_flops,
+                            .prefill_floor = prefill_flops / rate};
+            if (multi) MPI_Gather(&c1, n_ci, MPI_DOUBLE, ci, n_ci, MPI_DOUBLE, 0, MPI_COMM_WORLD);
+            else ci[0] = c1;
+            if (!root) continue;
+            double est_gib = 0;
+            if (multi) {
+                floor_s = stage_floor(&ci[0].decode_floor, n_ci, L.tp, L.pp);
+                prefill_flops = 0;
+                for (int r = 0; r < L.world; r++) prefill_flops += ci[r].prefill_flops;
+                prefill_pct = 100.0 * stage_floor(&ci[0].prefill_floor, n_ci, L.tp, L.pp) / ttft;
+                mem_gib = max_of(&ci[0].used, n_ci, L.world) / GIB;
+                est_gib = (model_p * es + (double)B * (double)(in + out) * kv_per_token) / (L.tp * L.pp) / GIB;
+                for (int r = 0; r < L.world; r++) peak_used = ci[r].used > peak_used ? ci[r].used : peak_used;
+            }
+            if (!multi) {
+                printf("%-6lld %-11s %10.1f %10.1f %12.1f %12.3f %10.3f %12.1f %8.1f\n", (long long)B, io, (ttft + dec) * 1e3, ttft * 1e3,
+                       steps > 0 ? (double)B * steps / dec : 0.0, step_s * 1e3, floor_s * 1e3, prefill_pct, mem_gib);
+            } else {
+                char per[1024] = "";
+                for (int r = 0; r < L.world && strlen(per) < sizeof per - 16; r++)
+                    snprintf(per + strlen(per), sizeof per - strlen(per), "%s%.1f", r ? "/" : "", ci[r].need / GIB);
+                printf("%-6lld %-11s %10.1f %10.1f %12.1f %12.3f %10.3f %12.1f %8.1f %8.1f %8.1f  %s\n", (long long)B, io, (ttft + dec) * 1e3,
+                       ttft * 1e3, steps > 0 ? (double)B * steps / dec : 0.0, step_s * 1e3, floor_s * 1e3, prefill_pct, mem_gib,
+                       max_of(&ci[0].need, n_ci, L.world) / GIB, est_gib, per);
+            }
             fflush(stdout);
             json_t *jc = json_object();
             json_object_set_new(jc, "batch_size", json_integer(B));
@@ -305,39 +611,98 @@ int loom_cmd_bench(int argc, char **argv)
             json_object_set_new(jc, "prefill_flops", json_real(prefill_flops));
             json_object_set_new(jc, "prefill_fraction_of_matmul_rate", json_real(prefill_pct / 100.0));
             json_object_set_new(jc, "gpu_mem_used_gib", json_real(mem_gib));
+            if (multi) {
+                /* used: what each GPU holds (the KV pool is reserved whole); needed: without the unused part of the pool */
+                json_object_set_new(jc, "gpu_mem_used_gib_per_gpu", json_reals(&ci[0].used, n_ci, L.world, 1 / GIB));
+                json_object_set_new(jc, "gpu_mem_needed_gib", json_real(max_of(&ci[0].need, n_ci, L.world) / GIB));
+                json_object_set_new(jc, "gpu_mem_needed_gib_per_gpu", json_reals(&ci[0].need, n_ci, L.world, 1 / GIB));
+                json_object_set_new(jc, "gpu_mem_estimate_gib", json_real(est_gib));
+                json_object_set_new(jc, "kv_bytes_per_gpu_estimate", json_real((double)B * (double)(in + out) * kv_per_token / (L.tp * L.pp)));
+                json_object_set_new(jc, "decode_floor_ms_per_gpu", json_reals(&ci[0].decode_floor, n_ci, L.world, 1e3));
+            }
             json_array_append_new(jcases, jc);
         }
     }
     if (rc) fprintf(stderr, "loom bench: %s\n", err.msg);
-    if (json_path && !rc) {
-        json_t *root = json_object();
-        json_object_set_new(root, "model", json_string(dummy ? dummy : model));
-        json_object_set_new(root, "dtype", json_string(loom_dtype_name(go.act)));
-        json_object_set_new(root, "copy_bandwidth_bytes_per_s", json_real(bw));
-        json_object_set_new(root, "matmul_flops_per_s", json_real(rate));
-        json_object_set_new(root, "weight_bytes", json_integer((json_int_t)loom_gpu_weight_bytes(m)));
-        json_object_set_new(root, "kv_pool_tokens", json_integer(mem.kv_tokens));
-        json_object_set_new(root, "cases", jcases);
-        if (json_dump_file(root, json_path, JSON_INDENT(2)) != 0) {
-            fprintf(stderr, "loom bench: cannot write %s\n", json_path);
+    if (root && n_skipped) fprintf(stderr, "loom bench: %d case%s skipped (see above)\n", n_skipped, n_skipped > 1 ? "s" : "");
+    if (root && a.json_path && !rc) {
+        json_t *j = json_object();
+        json_object_set_new(j, "model", json_string(a.dummy ? a.dummy : a.model));
+        json_object_set_new(j, "dtype", json_string(loom_dtype_name(go.act)));
+        if (!multi) {
+            json_object_set_new(j, "copy_bandwidth_bytes_per_s", json_real(bw));
+            json_object_set_new(j, "matmul_flops_per_s", json_real(rate));
+            json_object_set_new(j, "weight_bytes", json_integer((json_int_t)loom_gpu_weight_bytes(m)));
+            json_object_set_new(j, "kv_pool_tokens", json_integer(mem.kv_tokens));
+        } else {
+            /* whole-layout numbers: the slowest GPU's rates, all GPUs' weights, the smallest pool */
+            double wsum = 0, kvt = ri[0].kv_tokens;
+            for (int r = 0; r < L.world; r++) wsum += ri[r].weight_bytes, kvt = ri[r].kv_tokens < kvt ? ri[r].kv_tokens : kvt;
+            json_object_set_new(j, "copy_bandwidth_bytes_per_s", json_real(min_of(&ri[0].bw, n_ri, L.world)));
+            json_object_set_new(j, "matmul_flops_per_s", json_real(min_of(&ri[0].rate, n_ri, L.world)));
+            json_object_set_new(j, "weight_bytes", json_integer((json_int_t)wsum));
+            json_object_set_new(j, "kv_pool_tokens", json_integer((json_int_t)kvt));
+            json_t *jl = json_object();
+            json_object_set_new(jl, "tp", json_integer(L.tp));
+            json_object_set_new(jl, "pp", json_integer(L.pp));
+            json_object_set_new(jl, "world", json_integer(L.world));
+            json_object_set_new(jl, "pp_microbatches", json_integer(1));
+            json_object_set_new(jl, "pp_token_feedback", json_string("each step's ids go from the last stage to the first (MPI_Bcast over the pipeline) "
+                                                                     "before the next step starts, as a serving coordinator's would"));
+            json_object_set_new(jl, "gpu_of_rank", json_string("node-local rank % device count"));
+            json_object_set_new(j, "layout", jl);
+            json_t *je = json_object();
+            for (size_t i = 0; i < sizeof nccl_env / sizeof nccl_env[0]; i++)
+                json_object_set_new(je, nccl_env[i], getenv(nccl_env[i]) ? json_string(getenv(nccl_env[i])) : json_null());
+            json_object_set_new(j, "nccl_env", je);
+            json_object_set_new(j, "params", json_real(model_p));
+            json_object_set_new(j, "weight_bytes_per_gpu_estimate", json_real(model_p * es / (L.tp * L.pp)));
+            json_object_set_new(j, "weight_bytes_per_gpu", json_reals(&ri[0].weight_bytes, n_ri, L.world, 1));
+            json_object_set_new(j, "gpu_mem_used_gib_max", json_real(peak_used / GIB));
+            json_object_set_new(j, "decode_floor_model", json_string(DECODE_FLOOR_MODEL));
+            json_object_set_new(j, "prefill_floor_model", json_string(PREFILL_FLOOR_MODEL));
+            json_t *jr = json_array();
+            for (int r = 0; r < L.world; r++) {
+                const rank_info *x = &ri[r];
+                json_t *o = json_object();
+                json_object_set_new(o, "rank", json_integer(r));
+                json_object_set_new(o, "tp_rank", json_integer((json_int_t)x->tp_rank));
+                json_object_set_new(o, "pp_rank", json_integer((json_int_t)x->pp_rank));
+                json_object_set_new(o, "layer_begin", json_integer((json_int_t)x->layer_begin));
+                json_object_set_new(o, "layer_end", json_integer((json_int_t)x->layer_end));
+                json_object_set_new(o, "gpu", json_integer((json_int_t)x->gpu));
+                json_object_set_new(o, "copy_bandwidth_bytes_per_s", json_real(x->bw));
+                json_object_set_new(o, "matmul_flops_per_s", json_real(x->rate));
+                json_object_set_new(o, "weight_bytes", json_integer((json_int_t)x->weight_bytes));
+                json_object_set_new(o, "kv_pool_bytes", json_integer((json_int_t)x->kv_bytes));
+                json_object_set_new(o, "kv_pool_tokens", json_integer((json_int_t)x->kv_tokens));
+                json_object_set_new(o, "kv_bytes_per_token", json_real(x->kv_per_token));
+                json_object_set_new(o, "workspace_bytes", json_integer((json_int_t)x->workspace));
+                json_object_set_new(o, "gpu_mem_total_bytes", json_integer((json_int_t)x->total));
+                json_object_set_new(o, "gpu_mem_free_after_load_bytes", json_integer((json_int_t)x->free_after));
+                json_array_append_new(jr, o);
+            }
+            json_object_set_new(j, "ranks", jr);
+        }
+        json_object_set_new(j, "cases", jcases);
+        jcases = NULL;
+        if (json_dump_file(j, a.json_path, JSON_INDENT(2)) != 0) {
+            fprintf(stderr, "loom bench: cannot write %s\n", a.json_path);
             rc = 1;
         }
-        json_decref(root);
-    } else {
-        json_decref(jcases);
+        json_decref(j);
     }
+    json_decref(jcases);
     free(tokens);
     free(ids);
     free(next);
     free(slots);
     free(start);
+    free(ri);
+    free(ci);
     loom_gpu_model_destroy(m);
     loom_config_free(&cfg);
-    if (tmpdir[sizeof tmpdir - 7] != 'X') {
-        char p[4200];
-        snprintf(p, sizeof p, "%s/config.json", tmpdir);
-        remove(p);
-        remove(tmpdir);
-    }
-    return rc;
+    remove_tmpdir(tmpdir, sizeof tmpdir);
+    layout_end(&L);
+    return rc ? rc : n_skipped ? 1 : 0;
 }

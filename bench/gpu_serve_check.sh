@@ -6,7 +6,7 @@
 # time: on GPUs it need not (a one-row batch takes the GEMV kernel, a larger
 # one cuBLASLt, and fp16 rounding differs), unlike the CPU backend, whose
 # matmul rows do not depend on the batch.
-#   bench/gpu_serve_check.sh BUNDLE
+#   [LAYOUTS="1x1 2x2"] bench/gpu_serve_check.sh BUNDLE
 set -u
 b=$1/bin/loom
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -47,8 +47,8 @@ print(f"  sampled requests identical batched and solo: {n_same}/6")
 PY
     kill -TERM $pid; wait $pid 2>/dev/null
 }
-for layout in "1 1" "2 1" "1 2" "2 2"; do
-    check "$here/tests/data/stories260K" $layout
-    check "$here/tests/golden/fixtures/llama_big" $layout
+for layout in ${LAYOUTS:-1x1 2x1 1x2 2x2}; do # TPxPP
+    check "$here/tests/data/stories260K" "${layout%x*}" "${layout#*x}"
+    check "$here/tests/golden/fixtures/llama_big" "${layout%x*}" "${layout#*x}"
 done
 exit $fail

@@ -348,6 +348,21 @@ def bad_convert_bench_serve_flags():
                          (["--pp", "2", "--pp-layers", "1"], "--pp-layers"), (["--kv-cache-free-gpu-mem-fraction", "1.5"], "fraction"),
                          ([], "--model")):
         expect_error(run("serve", *([] if not args else ["--model", STORIES]), *args), needle, usage=True)
+    # the paged KV pool: block sizes are powers of two in 8..128, the pool at least one token
+    for v in ("7", "0", "256", "abc", "-16", "24", "64x", ""):
+        expect_error(run("serve", "--model", STORIES, "--tokens-per-block", v), "--tokens-per-block", usage=True)
+    for v in ("0", "-1", "abc"):
+        expect_error(run("serve", "--model", STORIES, "--max-tokens-in-paged-kv-cache", v), "--max-tokens-in-paged-kv-cache", usage=True)
+    # random weights are for one GPU worker only
+    expect_error(run("serve", "--model", STORIES, "--dummy-weights"), "--dummy-weights", usage=True)
+    expect_error(run("serve", "--model", STORIES, "--dummy-weights", "--device", "cuda", "--tp", "2"), "--dummy-weights", usage=True)
+    # bench layouts: bad --tp/--pp are usage errors; a valid one outside mpirun (or without CUDA) is refused, not run
+    for flag in ("--tp", "--pp"):
+        for v in ("0", "abc", "-2", "5000"):
+            expect_error(run("bench", "--dummy-weights", "llama-70b", flag, v), flag, usage=True)
+    p = run("bench", "--dummy-weights", "llama-70b", "--tp", "2", "--pp", "2")
+    expect_error(p)
+    assert "mpirun -n 4" in p.stderr or "without CUDA" in p.stderr, p.stderr
 
 
 def main():
