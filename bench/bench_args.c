@@ -19,7 +19,9 @@ void loom_bench_usage(FILE *f)
             "  --dummy-weights P          random weights: llama-7b, llama3-8b, llama-13b, llama-70b, or a config.json\n"
             "  --model DIR                a Hugging Face directory (real weights)\n"
             "  --batch-size \"1;8;64\"      batch sizes\n"
-            "  --input-output-len \"128,256;2048,256\"  input,output lengths\n"
+            "  --input-output-len \"128,256;2048,256\"  input,output lengths; PREFIX+IN,OUT (e.g. 1024+32,2)\n"
+            "                             first prefills PREFIX tokens untimed, then times IN more (a reused cached\n"
+            "                             prefix: TTFT is that chunk's)\n"
             "  --dtype fp16|bf16          activation and weight dtype (default fp16)\n"
             "  --max-num-tokens N         tokens per prefill forward (default 8192)\n"
             "  --kv-cache-free-gpu-mem-fraction F  of the memory free after weights (default 0.9)\n"
@@ -33,9 +35,9 @@ void loom_bench_usage(FILE *f)
             "(node-local rank %% GPU count), and rank 0 prints the table and writes the JSON.\n");
 }
 
-static loom_status parse_list(const char *s, const char *what, int64_t *out, int *n, int per, loom_err *err)
+static loom_status parse_list(const char *s, const char *what, int64_t *out, int64_t *prefix, int *n, int per, loom_err *err)
 {
-    /* "a;b;c" (per = 1) or "a,b;c,d" (per = 2) */
+    /* "a;b;c" (per = 1) or "a,b;c,d" (per = 2, each a optionally "p+a": prefix[i] = p) */
     char *copy = strdup(s), *save = NULL;
     if (!copy) return loom_err_set(err, LOOM_ENOMEM, "out of memory");
     *n = 0;
@@ -54,7 +56,15 @@ static loom_status parse_list(const char *s, const char *what, int64_t *out, int
                 break;
             }
             *comma = '\0';
-            st = loom_parse_i64(tok, 1, 1 << 20, what, &out[2 * *n], err);
+            char *in = tok, *plus = strchr(tok, '+');
+            prefix[*n] = 0;
+            if (plus) {
+                *plus = '\0';
+                in = plus + 1;
+                st = loom_parse_i64(tok, 1, 1 << 20, what, &prefix[*n], err);
+                if (st != LOOM_OK) break;
+            }
+            st = loom_parse_i64(in, 1, 1 << 20, what, &out[2 * *n], err);
             if (st == LOOM_OK) st = loom_parse_i64(comma + 1, 1, 1 << 20, what, &out[2 * *n + 1], err);
         }
         (*n)++;
@@ -86,7 +96,7 @@ int loom_bench_parse(int argc, char **argv, loom_bench_args *a)
     int c, bad = 0;
     optind = 1;
     opterr = 0;
-    while (!bad && (c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+    while (!bad && (c = getopt_long(argc, argv, ":", longopts, NULL)) != -1) {
         float fv;
         int64_t v;
         switch (c) {
@@ -120,13 +130,14 @@ int loom_bench_parse(int argc, char **argv, loom_bench_args *a)
             break;
         case 'j': a->json_path = optarg; break;
         case 'h': loom_bench_usage(stdout); return 1;
+        case ':': bad = loom_err_set(&err, LOOM_EINVAL, "option %s needs a value", argv[optind - 1]) != LOOM_OK; break;
         default: bad = loom_err_set(&err, LOOM_EINVAL, "unknown option %s", argv[optind - 1]) != LOOM_OK; break;
         }
     }
     if (!bad && !a->dummy == !a->model) bad = loom_err_set(&err, LOOM_EINVAL, "give exactly one of --dummy-weights or --model") != LOOM_OK;
     if (!bad && (int64_t)a->tp * a->pp > 4096) bad = loom_err_set(&err, LOOM_EINVAL, "--tp %d --pp %d: at most 4096 ranks", a->tp, a->pp) != LOOM_OK;
-    if (!bad) bad = parse_list(bs_s, "--batch-size", a->batch, &a->n_batch, 1, &err) != LOOM_OK;
-    if (!bad) bad = parse_list(io_s, "--input-output-len", a->io, &a->n_io, 2, &err) != LOOM_OK;
+    if (!bad) bad = parse_list(bs_s, "--batch-size", a->batch, NULL, &a->n_batch, 1, &err) != LOOM_OK;
+    if (!bad) bad = parse_list(io_s, "--input-output-len", a->io, a->prefix, &a->n_io, 2, &err) != LOOM_OK;
     if (bad) {
         fprintf(stderr, "loom bench: %s (see 'loom bench --help')\n", err.msg);
         return 2;

@@ -96,7 +96,7 @@ static int parse_args(int argc, char **argv, client_opts *o)
     int c;
     optind = 1;
     opterr = 0;
-    while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":", longopts, NULL)) != -1) {
         loom_status st = LOOM_OK;
         if (!loom_gen_flags_apply(&o->g, c, optarg, &st, &err)) switch (c) {
         case OPT_ENDPOINT:

@@ -37,7 +37,7 @@ int loom_cmd_convert(int argc, char **argv)
     int c, usage = 0;
     optind = 1;
     opterr = 0;
-    while (!usage && (c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+    while (!usage && (c = getopt_long(argc, argv, ":", longopts, NULL)) != -1) {
         switch (c) {
         case 'm': o.model_dir = optarg; break;
         case 'o': o.out_dir = optarg; break;
@@ -58,6 +58,7 @@ int loom_cmd_convert(int argc, char **argv)
             else usage = loom_err_set(&err, LOOM_EINVAL, "--dtype must be fp32, fp16 or bf16 (got %s)", optarg) != LOOM_OK;
             break;
         case 'h': convert_usage(stdout); return 0;
+        case ':': usage = loom_err_set(&err, LOOM_EINVAL, "option %s needs a value", argv[optind - 1]) != LOOM_OK; break;
         default: usage = loom_err_set(&err, LOOM_EINVAL, "unknown option %s", argv[optind - 1]) != LOOM_OK; break;
         }
     }

@@ -111,7 +111,7 @@ static int parse_args(int argc, char **argv, serve_opts *o, loom_err *err)
     int c;
     optind = 1;
     opterr = 0;
-    while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":", longopts, NULL)) != -1) {
         loom_status st = LOOM_OK;
         switch (c) {
         case 'm': o->model = optarg; break;

@@ -750,7 +750,8 @@ static void on_token(loom_server *s, loom_req *r, int32_t id)
     if (fin != LOOM__FINISH_REASON__FINISH_NONE) {
         finish_req(s, r, from, fin, NULL);
     } else if (r->stream && !send_chunk(s, r, from, fin, NULL)) {
-        r->state = REQ_DONE; /* the client is gone: free its sequence */
+        r->state = REQ_DONE; /* the client is gone: free its sequence and blocks */
+        release_blocks(s, r);
         if (s->o.verbose) fprintf(stderr, "loom serve: client of request %s disconnected; cancelled\n", r->id);
     }
 }

@@ -305,6 +305,10 @@ static void handle(void *sock, zmq_msg_t *ident)
         s.preemptions = 7;
         s.refused = 2;
         s.completed = 11;
+        s.timed_steps = 6000000000LL;
+        s.step_cycle_ms = 8.0;
+        s.step_compute_ms = 7.5;
+        s.overhead_fraction = 0.0625;
         Loom__Envelope r = LOOM__ENVELOPE__INIT;
         r.body_case = LOOM__ENVELOPE__BODY_STATS_REPLY;
         r.stats_reply = &s;

@@ -38,7 +38,8 @@ CASES = {}
 MOCK_STATS = {"running": 0, "waiting": 3, "tokens_per_s": 42.5, "kv_used_fraction": 0.25,
               "kv_blocks_total": 5000000000, "kv_blocks_used": 1250000000, "kv_blocks_free": 3000000000,
               "kv_blocks_cached": 750000000, "tokens_per_block": 16, "prefix_hit_rate": 0.625,
-              "preemptions": 7, "refused": 2, "completed": 11}
+              "preemptions": 7, "refused": 2, "completed": 11,
+              "timed_steps": 6000000000, "step_cycle_ms": 8.0, "step_compute_ms": 7.5, "overhead_fraction": 0.0625}
 
 
 def case(fn):

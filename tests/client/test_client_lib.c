@@ -110,7 +110,8 @@ static void test_normal(void)
     EXPECT(st.waiting == 3 && st.tokens_per_s == 42.5 && st.kv_used_fraction == 0.25, "stats values");
     EXPECT(st.kv_blocks_total == 5000000000LL && st.kv_blocks_used == 1250000000LL && st.kv_blocks_free == 3000000000LL &&
                st.kv_blocks_cached == 750000000LL && st.tokens_per_block == 16 && st.prefix_hit_rate == 0.625 &&
-               st.preemptions == 7 && st.refused == 2 && st.completed == 11,
+               st.preemptions == 7 && st.refused == 2 && st.completed == 11 && st.timed_steps == 6000000000LL &&
+                   st.step_cycle_ms == 8.0 && st.step_compute_ms == 7.5 && st.overhead_fraction == 0.0625,
            "stats: KV pool and counters");
 
     /* streaming: one callback per token, the last one terminal */
