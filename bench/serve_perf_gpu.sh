@@ -4,9 +4,13 @@
 #   A. in-flight vs static batching: 512 requests at once, input 128, output
 #      uniform 16..512 (and a long-tailed mix from a --lengths file);
 #   B. KV cache reuse: a shared 1,024-token prefix + 32 own tokens, 8 new
-#      tokens, 8 requests/s, reuse on vs off (TTFT);
+#      tokens, $PREFIX_RATE requests/s (default 2: requests seldom overlap, so
+#      TTFT is the prefill's, not a wait behind another request's step), reuse
+#      on vs off (TTFT);
 #   C. coordinator overhead at batch 64: the Stats timing of run A (in-flight).
-# Run from the repository root with a bundle in .carry/bundle; writes to $OUT.
+# Run from the repository root with a bundle in .carry/bundle:
+#   bench/serve_perf_gpu.sh [uniform] [longtail] [prefix]   (default: all three)
+# Writes logs and JSON to $OUT, packed into $OUT/serve-perf.tgz.
 set -u
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 NCCL_NVLS_ENABLE=0
 B=.carry/bundle/bin
@@ -40,13 +44,16 @@ run() { # name, serve flags..., then -- bench flags...
     cat "$OUT/stats-$name.json"; echo
     kill -TERM $pid; wait $pid
 }
-for sched in inflight static; do
+steps=${*:-uniform longtail prefix}
+has() { case " $steps " in *" $1 "*) return 0 ;; esac; return 1; }
+has uniform && for sched in inflight static; do
     run "uniform-$sched" --scheduler $sched -- --num-requests 512 --input-len 128 --output-len-range 16,512
 done
-for sched in inflight static; do
+has longtail && for sched in inflight static; do
     run "longtail-$sched" --scheduler $sched -- --lengths "$OUT/longtail.json"
 done
-for reuse in on off; do
+has prefix && for reuse in on off; do
     flags=(); [ $reuse = on ] && flags=(--enable-kv-cache-reuse)
-    run "prefix-reuse-$reuse" "${flags[@]}" -- --num-requests 40 --rate 8 --shared-prefix 1024 --input-len 32 --output-len 8
+    run "prefix-reuse-$reuse" "${flags[@]}" -- --num-requests 40 --rate "${PREFIX_RATE:-2}" --shared-prefix 1024 --input-len 32 --output-len 8
 done
+(cd "$OUT" && tar czf serve-perf.tgz --remove-files servebench-*.json stats-*.json serve-*.log 2>/dev/null)
