@@ -17,6 +17,7 @@ typedef struct loom_bench_args {
     const char *json_path;          /* --json FILE, or NULL */
     int64_t batch[LOOM_BENCH_MAX_CASES];   /* --batch-size, n_batch entries */
     int64_t io[2 * LOOM_BENCH_MAX_CASES];  /* --input-output-len: (in, out) pairs, n_io of them */
+    int64_t prefix[LOOM_BENCH_MAX_CASES];  /* per pair: tokens already cached (PREFIX+IN,OUT), else 0 */
     int n_batch, n_io;
     loom_dtype act;                 /* --dtype: LOOM_F16 (default) or LOOM_BF16 */
     int64_t max_tokens;             /* --max-num-tokens; 0 = the GPU model's default */

@@ -3,7 +3,8 @@
  *   -> GEMM o -> add_rmsnorm -> GEMM gate|up (fused) -> silu*mul -> GEMM down
  * The residual add of each block is fused into the next RMSNorm. Per step the
  * host packs token ids, positions, KV slots and block tables into one pinned
- * buffer and sends it with a single copy. */
+ * buffer and sends it with a single copy. LOOM_GPU_PROFILE=1 times each op
+ * kind with CUDA events (see gpu_model.h). */
 #include "gpu_model.h"
 
 #include <cuda_runtime_api.h>
@@ -14,10 +15,44 @@
 
 #include "../kernels/cuda/ops_cuda.h"
 #include "../kernels/ops.h"
+#include "../util/clock.h"
 #include "gpu_glue.h"
 #include "model.h"
 
 #define GEMM_WORKSPACE ((size_t)32 << 20)
+
+/* Op kinds of the per-op profile (LOOM_GPU_PROFILE=1). */
+enum prof_op {
+    P_UPLOAD, P_EMBED, P_NORM, P_QKV, P_ROPE, P_ATTN, P_O, P_GU, P_SILU, P_DOWN, P_COMM, P_LM_HEAD, P_SAMPLE, P_GRAPH, P_N
+};
+static const char *const prof_names[P_N] = {
+    "upload", "embedding", "norms", "qkv gemm", "rope+kv append", "attention", "o gemm", "gate/up gemm", "silu*mul",
+    "down gemm", "comm", "lm_head", "sampling", "graph replay",
+};
+enum { PROF_ROWS = 64 };
+
+/* Accumulated per (tokens in the step, graph replay or not). The first step
+ * of each is kept apart: it pays cuBLASLt's heuristic and tuning and the
+ * first launch of each kernel. */
+typedef struct prof_row {
+    int64_t T;
+    int graph;
+    int64_t steps;         /* after the first */
+    double ms[P_N];        /* GPU time per op kind, summed over those steps */
+    double wall_ms;        /* host time of loom_gpu_forward_sampled, summed */
+    double first[P_N], first_wall;
+    int has_first;
+} prof_row;
+
+typedef struct gpu_prof {
+    cudaEvent_t *ev;  /* one per mark; ev[0] opens the step */
+    int *op;          /* op kind of the time between mark i-1 and i */
+    int n, cap;       /* marks this step, events created */
+    int live;         /* this step is being timed (not during a capture) */
+    prof_row rows[PROF_ROWS];
+    int n_rows;
+    int64_t dropped;  /* steps of (T, graph) pairs past PROF_ROWS, or past cap marks */
+} gpu_prof;
 
 typedef struct gpu_layer {
     void *attn_norm, *mlp_norm;  /* (H) act */
@@ -75,7 +110,121 @@ struct loom_gpu_model {
     void *gathered;             /* (tp, max_seqs, vl) all-gathered logits */
     void **allocs;
     int n_allocs, cap_allocs;
+    gpu_prof *prof;             /* LOOM_GPU_PROFILE=1, else NULL */
 };
+
+/* ---- per-op profile ---- */
+
+/* Opens a timed step, unless the stream is capturing (events would become
+ * graph nodes) or the events cannot be had. */
+static void prof_begin(loom_gpu_model *m)
+{
+    gpu_prof *p = m->prof;
+    p->live = 0;
+    p->n = 0;
+    enum cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(m->stream, &cs) != cudaSuccess || cs != cudaStreamCaptureStatusNone) {
+        cudaGetLastError();
+        return;
+    }
+    if (!p->ev) {
+        int cap = (int)(16 * m->nl + 32);
+        p->ev = calloc((size_t)cap, sizeof *p->ev);
+        p->op = calloc((size_t)cap, sizeof *p->op);
+        if (!p->ev || !p->op) return;
+        for (int i = 0; i < cap; i++) {
+            if (cudaEventCreate(&p->ev[i]) != cudaSuccess) break;
+            p->cap = i + 1;
+        }
+    }
+    if (p->cap < 2 || cudaEventRecord(p->ev[0], m->stream) != cudaSuccess) return;
+    p->n = 1;
+    p->live = 1;
+}
+
+/* Closes the op that ran since the last mark as kind op. */
+static void prof_mark(loom_gpu_model *m, int op)
+{
+    gpu_prof *p = m->prof;
+    if (p->n >= p->cap) {
+        p->live = 0;
+        p->dropped++;
+        return;
+    }
+    cudaEventRecord(p->ev[p->n], m->stream);
+    p->op[p->n++] = op;
+}
+
+#define PROF(op)                                                                   do {                                                                               if (m->prof && m->prof->live) prof_mark(m, op);                            } while (0)
+
+/* After the step's stream sync: adds the step's op times to its row. */
+static void prof_end(loom_gpu_model *m, int64_t T, int graph, double wall_ms)
+{
+    gpu_prof *p = m->prof;
+    if (!p->live) return;
+    p->live = 0;
+    int r = 0;
+    while (r < p->n_rows && !(p->rows[r].T == T && p->rows[r].graph == graph)) r++;
+    if (r == p->n_rows) {
+        if (r == PROF_ROWS) {
+            p->dropped++;
+            return;
+        }
+        memset(&p->rows[r], 0, sizeof p->rows[r]);
+        p->rows[r].T = T;
+        p->rows[r].graph = graph;
+        p->n_rows++;
+    }
+    prof_row *row = &p->rows[r];
+    const int first = !row->has_first;
+    double *acc = first ? row->first : row->ms;
+    for (int i = 1; i < p->n; i++) {
+        float ms = 0;
+        if (cudaEventElapsedTime(&ms, p->ev[i - 1], p->ev[i]) == cudaSuccess) acc[p->op[i]] += ms;
+    }
+    cudaGetLastError();
+    if (first) {
+        row->has_first = 1;
+        row->first_wall = wall_ms;
+    } else {
+        row->steps++;
+        row->wall_ms += wall_ms;
+    }
+}
+
+/* One block per (T, graph) row: mean ms per step of each op kind, its share,
+ * and the host's wall time per step. */
+static void prof_print(const loom_gpu_model *m)
+{
+    const gpu_prof *p = m->prof;
+    fprintf(stderr, "== loom GPU profile (LOOM_GPU_PROFILE=1): mean per step, CUDA events around each op kind ==\n");
+    for (int r = 0; r < p->n_rows; r++) {
+        const prof_row *row = &p->rows[r];
+        const int only_first = row->steps == 0;
+        const double *ms = only_first ? row->first : row->ms;
+        const double n = only_first ? 1.0 : (double)row->steps;
+        double tot = 0, tot1 = 0;
+        for (int i = 0; i < P_N; i++) tot += ms[i], tot1 += row->first[i];
+        fprintf(stderr, "T=%lld tokens%s: %s%lld steps, GPU %.3f ms/step, host wall %.3f ms/step (first step: GPU %.3f, wall %.3f ms)\n",
+                (long long)row->T, row->graph ? " (graph replays: one op)" : "", only_first ? "only the first of " : "",
+                (long long)(row->steps + 1), tot / n, (only_first ? row->first_wall : row->wall_ms) / n, tot1, row->first_wall);
+        for (int i = 0; i < P_N; i++)
+            if (ms[i] > 0) fprintf(stderr, "  %-16s %9.3f ms %5.1f%%\n", prof_names[i], ms[i] / n, 100.0 * ms[i] / tot);
+    }
+    if (p->dropped) fprintf(stderr, "(%lld steps not profiled: more than %d step shapes)\n", (long long)p->dropped, PROF_ROWS);
+}
+
+static void prof_destroy(loom_gpu_model *m)
+{
+    gpu_prof *p = m->prof;
+    if (!p) return;
+    if (p->n_rows) prof_print(m);
+    for (int i = 0; i < p->cap; i++) cudaEventDestroy(p->ev[i]);
+    free(p->ev);
+    free(p->op);
+    free(p);
+    m->prof = NULL;
+}
 
 loom_gpu_opts loom_gpu_opts_default(void)
 {
@@ -156,6 +305,11 @@ static loom_status init_common(loom_gpu_model *m, const loom_config *cfg, const 
     m->use_graphs = !(g && !strcmp(g, "0"));
     const char *gv = getenv("LOOM_GEMV");
     m->use_gemv = !(gv && !strcmp(gv, "0"));
+    const char *pe = getenv("LOOM_GPU_PROFILE");
+    if (pe && *pe && strcmp(pe, "0")) {
+        m->prof = calloc(1, sizeof *m->prof);
+        if (!m->prof) return loom_err_set(err, LOOM_ENOMEM, "out of memory");
+    }
     if (o->act != LOOM_F16 && o->act != LOOM_BF16) return loom_err_set(err, LOOM_EINVAL, "the GPU backend computes in fp16 or bf16");
     m->es = 2;
     int n_dev = 0;
@@ -450,7 +604,9 @@ void loom_gpu_model_destroy(loom_gpu_model *m)
 {
     if (!m) return;
     if (m->stream) cudaStreamSynchronize(m->stream);
-    for (int i = 0; i < m->n_graphs; i++) cudaGraphExecDestroy(m->graphs[i].exec);
+    prof_destroy(m);
+    for (int i = 0; i < m->n_graphs; i++)
+        if (m->graphs[i].exec) cudaGraphExecDestroy(m->graphs[i].exec);
     for (int i = 0; i < m->n_allocs; i++) cudaFree(m->allocs[i]);
     free(m->allocs);
     if (m->stage_host) cudaFreeHost(m->stage_host);
@@ -554,45 +710,73 @@ static loom_status launch_step(loom_gpu_model *m, int64_t S, int64_t T, int64_t 
     const int64_t QD = m->nh * hd, KD = m->nkv * hd, QKV = QD + 2 * KD;
     const size_t es = m->es;
     cudaStream_t st = m->stream;
+    if (m->prof) prof_begin(m);
     CUDA_TRY(cudaMemcpyAsync(m->stage_dev, m->stage_host, used, cudaMemcpyHostToDevice, st), "step upload");
+    PROF(P_UPLOAD);
     const loom_gpu_dist *d = m->dist;
-    if (m->is_first) CUDA_TRY(loom_cuda_embedding(m->x, o->act, m->embed, o->act, m->d_tokens, T, H, st), "embedding");
-    else CUDA_TRY(d->recv_prev(d->ctx, m->x, T * H, o->act, st), "receive from the previous stage");
+    if (m->is_first) {
+        CUDA_TRY(loom_cuda_embedding(m->x, o->act, m->embed, o->act, m->d_tokens, T, H, st), "embedding");
+        PROF(P_EMBED);
+    } else {
+        CUDA_TRY(d->recv_prev(d->ctx, m->x, T * H, o->act, st), "receive from the previous stage");
+        PROF(P_COMM);
+    }
     const float scale = 1.0f / sqrtf((float)hd);
     for (int64_t l = 0; l < m->nl; l++) {
         gpu_layer *L = &m->layers[l];
         CUDA_TRY(loom_cuda_add_rmsnorm(m->x, l ? m->mlp : NULL, m->xn, o->act, L->attn_norm, o->act, T, H, c->rms_norm_eps, st), "rmsnorm");
+        PROF(P_NORM);
         CUDA_TRY(linear(m, m->qkv, m->xn, L->w_qkv, L->b_qkv, T, H, QKV, st), "qkv gemm");
+        PROF(P_QKV);
         CUDA_TRY(loom_cuda_rope(m->qkv, QKV, off(m->qkv, QD, es), QKV, o->act, m->d_pos, T, m->nh, m->nkv, hd, m->inv_freq, st), "rope");
         CUDA_TRY(loom_cuda_kv_append(L->pool, off(m->qkv, QD, es), QKV, off(m->qkv, QD + KD, es), QKV, o->act, m->d_slots, T, m->nkv, hd, B, st),
                  "kv append");
+        PROF(P_ROPE);
         if (hd == 64 || hd == 128)
             CUDA_TRY(loom_cuda_attention(m->att, m->qkv, QKV, L->pool, o->act, m->d_qstart, m->d_ctx, m->d_bt, maxb, S, T, max_ctx, m->nh,
-                                         m->nkv, hd, B, c->layer_window[m->l0 + l], scale, o->multi_block, m->attn_scratch, st),
+                                         m->nkv, hd, B, c->layer_window[m->l0 + l], scale, o->multi_block, m->attn_scratch,
+                                         m->attn_scratch_bytes, st),
                      "attention");
         else
             CUDA_TRY(loom_cuda_attention_generic(m->att, m->qkv, QKV, L->pool, o->act, m->d_qstart, m->d_ctx, m->d_bt, maxb, S, T, m->nh,
                                                  m->nkv, hd, B, c->layer_window[m->l0 + l], scale, st),
                      "attention");
+        PROF(P_ATTN);
         CUDA_TRY(linear(m, m->o_out, m->att, L->w_o, L->b_o, T, QD, H, st), "o gemm");
-        if (m->tp > 1) CUDA_TRY(d->allreduce(d->ctx, m->o_out, T * H, o->act, st), "all-reduce");
+        PROF(P_O);
+        if (m->tp > 1) {
+            CUDA_TRY(d->allreduce(d->ctx, m->o_out, T * H, o->act, st), "all-reduce");
+            PROF(P_COMM);
+        }
         CUDA_TRY(loom_cuda_add_rmsnorm(m->x, m->o_out, m->xn, o->act, L->mlp_norm, o->act, T, H, c->rms_norm_eps, st), "rmsnorm");
+        PROF(P_NORM);
         CUDA_TRY(linear(m, m->gu, m->xn, L->w_gu, L->b_gu, T, H, 2 * I, st), "gate/up gemm");
+        PROF(P_GU);
         CUDA_TRY(loom_cuda_silu_mul(m->h, m->gu, o->act, T, I, st), "silu*mul");
+        PROF(P_SILU);
         CUDA_TRY(linear(m, m->mlp, m->h, L->w_down, L->b_down, T, I, H, st), "down gemm");
-        if (m->tp > 1) CUDA_TRY(d->allreduce(d->ctx, m->mlp, T * H, o->act, st), "all-reduce");
+        PROF(P_DOWN);
+        if (m->tp > 1) {
+            CUDA_TRY(d->allreduce(d->ctx, m->mlp, T * H, o->act, st), "all-reduce");
+            PROF(P_COMM);
+        }
     }
     if (!m->is_last) {
         /* finish the residual (x += mlp; the normed copy is not used) and pass it on */
         CUDA_TRY(loom_cuda_add_rmsnorm(m->x, m->mlp, m->xn, o->act, m->layers[m->nl - 1].mlp_norm, o->act, T, H, c->rms_norm_eps, st), "residual");
+        PROF(P_NORM);
         CUDA_TRY(d->send_next(d->ctx, m->x, T * H, o->act, st), "send to the next stage");
+        PROF(P_COMM);
         return LOOM_OK;
     }
     CUDA_TRY(loom_cuda_add_rmsnorm(m->x, m->mlp, m->xn, o->act, m->final_norm, o->act, T, H, c->rms_norm_eps, st), "final norm");
+    PROF(P_NORM);
     CUDA_TRY(loom_gpu_gather_rows(m->last, m->xn, o->act, m->d_last, S, H, st), "gather");
     CUDA_TRY(linear(m, m->logits_act, m->last, m->lm_head, NULL, S, H, m->vl, st), "lm_head gemm");
+    PROF(P_LM_HEAD);
     if (m->tp > 1) {
         CUDA_TRY(d->allgather(d->ctx, m->logits_act, m->gathered, S * m->vl, o->act, st), "all-gather");
+        PROF(P_COMM);
         CUDA_TRY(loom_gpu_gather_vocab(m->logits, m->gathered, o->act, m->tp, S, m->vl, V, st), "logits gather");
     } else {
         CUDA_TRY(loom_gpu_cast(m->logits, LOOM_F32, m->logits_act, o->act, S * V, st), "logits cast");
@@ -601,6 +785,7 @@ static loom_status launch_step(loom_gpu_model *m, int64_t S, int64_t T, int64_t 
                               m->d_step, m->samp_scratch, st),
              "sampling");
     CUDA_TRY(cudaMemcpyAsync(m->h_out, m->d_out, (size_t)S * sizeof(int32_t), cudaMemcpyDeviceToHost, st), "ids download");
+    PROF(P_SAMPLE);
     return LOOM_OK;
 }
 
@@ -614,6 +799,7 @@ loom_status loom_gpu_forward_sampled(loom_gpu_model *m, int64_t S, const int64_t
                                      const loom_gpu_sample *sp, const int32_t *const *hist, const int64_t *hist_len, int32_t *out_ids,
                                      loom_err *err)
 {
+    const double t_enter = m->prof ? loom_now_s() : 0;
     const loom_gpu_opts *o = &m->o;
     const int64_t T = start[S], B = o->tokens_per_block, maxb = m->max_blocks_per_seq;
     if (S < 1 || S > o->max_seqs || T < 1 || T > o->max_tokens)
@@ -671,29 +857,43 @@ loom_status loom_gpu_forward_sampled(loom_gpu_model *m, int64_t S, const int64_t
     h_hoff[S] = n_hist;
     used = (size_t)((char *)m->d_hist - (char *)m->stage_dev) + (size_t)n_hist * sizeof *h_hist;
     cudaStream_t st = m->stream;
+    int replayed = 0;
     if (m->use_graphs && T == S && n_hist == 0 && m->tp == 1 && m->is_first && m->is_last) {
-        /* decode step: replay (or capture once) the graph for this batch size */
+        /* decode step: the first of a batch size runs plainly (so that
+         * cuBLASLt can time its algorithms, which a capture cannot), the
+         * second captures the graph, later ones replay it */
         int g = 0;
         while (g < m->n_graphs && m->graphs[g].n_seqs != S) g++;
         if (g == m->n_graphs && g < (int)(sizeof m->graphs / sizeof m->graphs[0])) {
-            cudaGraph_t graph;
-            CUDA_TRY(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal), "graph capture");
-            loom_status ls = launch_step(m, S, T, o->max_seq_len, used, err);
-            cudaError_t ce = cudaStreamEndCapture(st, &graph);
-            if (ls != LOOM_OK) return ls;
-            CUDA_TRY(ce, "graph capture");
-            ce = cudaGraphInstantiate(&m->graphs[g].exec, graph, 0);
-            cudaGraphDestroy(graph);
-            CUDA_TRY(ce, "graph instantiate");
             m->graphs[g].n_seqs = S;
+            m->graphs[g].exec = NULL;
             m->n_graphs++;
+            LOOM_CHECK(launch_step(m, S, T, max_ctx, used, err));
+        } else if (g < m->n_graphs) {
+            if (!m->graphs[g].exec) {
+                cudaGraph_t graph;
+                CUDA_TRY(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal), "graph capture");
+                loom_status ls = launch_step(m, S, T, o->max_seq_len, used, err);
+                cudaError_t ce = cudaStreamEndCapture(st, &graph);
+                if (ls != LOOM_OK) return ls;
+                CUDA_TRY(ce, "graph capture");
+                ce = cudaGraphInstantiate(&m->graphs[g].exec, graph, 0);
+                cudaGraphDestroy(graph);
+                if (ce != cudaSuccess) m->graphs[g].exec = NULL;
+                CUDA_TRY(ce, "graph instantiate");
+            }
+            if (m->prof) prof_begin(m);
+            CUDA_TRY(cudaGraphLaunch(m->graphs[g].exec, st), "graph launch");
+            PROF(P_GRAPH);
+            replayed = 1;
+        } else {
+            LOOM_CHECK(launch_step(m, S, T, max_ctx, used, err));
         }
-        if (g < m->n_graphs) CUDA_TRY(cudaGraphLaunch(m->graphs[g].exec, st), "graph launch");
-        else LOOM_CHECK(launch_step(m, S, T, max_ctx, used, err));
     } else {
         LOOM_CHECK(launch_step(m, S, T, max_ctx, used, err));
     }
     CUDA_TRY(cudaStreamSynchronize(st), "step");
+    if (m->prof) prof_end(m, T, replayed, (loom_now_s() - t_enter) * 1e3);
     if (m->is_last) memcpy(out_ids, m->h_out, (size_t)S * sizeof *out_ids);
     return LOOM_OK;
 }

@@ -2,7 +2,19 @@
  * with q/k/v and gate/up fused into single GEMMs, a paged KV pool sized from
  * the free memory, and a batched forward pass over the CUDA ops (cuBLASLt
  * GEMMs, flash prefill / paged decode attention) with sampling on the GPU.
- * Nothing is allocated per step. */
+ * Nothing is allocated per step.
+ *
+ * Environment: LOOM_CUDA_GRAPHS=0 runs decode steps without CUDA graphs;
+ * LOOM_GEMV=0 sends one-row GEMMs to cuBLASLt too; LOOM_GEMM_TUNE=0 keeps
+ * cuBLASLt's first heuristic choice for small-n GEMMs (kernels/cuda/gemm.c).
+ * LOOM_GPU_PROFILE=1 times every op kind of each step with CUDA events
+ * (upload, embedding, norms, the four layer GEMMs, rope + KV append,
+ * attention, silu*mul, communication, lm_head, sampling), accumulates the
+ * times per (tokens in the step, graph replay or not) and prints the mean per
+ * step and each kind's share to stderr at loom_gpu_model_destroy, beside the
+ * host's wall time per step. The events stay out of graph captures: a
+ * replayed decode step counts as one op ("graph replay"); for its breakdown
+ * run with LOOM_CUDA_GRAPHS=0. Unset, it costs one untaken branch per op. */
 #ifndef LOOM_WORKER_GPU_MODEL_H
 #define LOOM_WORKER_GPU_MODEL_H
 

@@ -10,7 +10,10 @@
  * token) and the 4 warps split each key tile instead, merged at the end.
  * Multi-block decode (flash-decoding, TensorRT-LLM's multi-block mode) splits
  * a sequence's visible keys over several blocks that write (o, log2-sum-exp)
- * partials to scratch; a second kernel reduces them. */
+ * partials to scratch; a second kernel reduces them. A short prefill chunk
+ * over a long cached prefix (KV reuse, chunked prefill) has the same problem
+ * as decode, too few row tiles to fill the machine, and gets the same split:
+ * 32 new tokens on 1,024 cached ones are 32 blocks of a 132-SM H200 unsplit. */
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -29,6 +32,7 @@ constexpr int kPad = 8;                /* elements of padding per smem row: ldma
 constexpr int kSplitMinKeys = 128;     /* fewest keys a multi-block split gets */
 constexpr int kSplitTargetBlocks = 1024; /* multi-block: blocks to aim for per launch */
 constexpr int kSplitForced = 4;        /* multi_block = 1: at least this many splits when the context allows */
+constexpr int kSplitBlocksPerSM = 2;   /* split prefill: blocks to aim for per SM (two fit: 87 KB smem each at d128) */
 constexpr int kMaxDevices = 64;
 
 struct Params {
@@ -528,9 +532,10 @@ __device__ void attend_tile(const Params &p, int s, int g, int rt, int sp, unsig
 constexpr int kDecodeWM = 1, kDecodeWN = 4, kDecodeMT = 1;
 constexpr int kDecodeRows = 16 * kDecodeWM * kDecodeMT;
 
-/* grid (>= total row tiles, n_kv_heads). Block x maps to (sequence, tile)
- * through a prefix sum of each sequence's tile count, done by warp 0; the
- * tiles of a sequence run longest (latest positions) first. */
+/* grid (>= total row tiles, n_kv_heads, n_splits). Block x maps to (sequence,
+ * tile) through a prefix sum of each sequence's tile count, done by warp 0;
+ * the tiles of a sequence run longest (latest positions) first. z is the key
+ * split (0 when not split). */
 template <typename T, int D, int MT, int BN>
 __global__ void __launch_bounds__(kThreads) prefill_kernel(Params p)
 {
@@ -568,7 +573,7 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(Params p)
     }
     __syncthreads();
     if (sh_seq < 0) return;
-    attend_tile<T, D, 4, 1, MT, BN>(p, sh_seq, blockIdx.y, sh_tile, 0, smem);
+    attend_tile<T, D, 4, 1, MT, BN>(p, sh_seq, blockIdx.y, sh_tile, blockIdx.z, smem);
 }
 
 /* grid (n_splits, n_kv_heads * rt_grid, n_seqs). A sequence with more than
@@ -712,14 +717,73 @@ int64_t max_splits(int64_t n_seqs, int64_t max_ctx)
     return s < by_ctx ? s : by_ctx;
 }
 
+/* Scratch bytes for `rows` (token, head) rows split `splits` ways: the lse
+ * array (256-byte aligned), then the fp32 partial outputs. */
+size_t split_bytes(int64_t rows, int64_t splits, int64_t D)
+{
+    const size_t lse = ((size_t)rows * splits * sizeof(float) + 255) & ~(size_t)255;
+    return lse + (size_t)rows * splits * D * sizeof(float);
+}
+
 /* Prefill tiles: 64 rows (a warp per m16 tile) x 64 keys. Measured on an
  * H200 (2048 tokens, 32 heads, d128, causal): 119 TFLOP/s; 128-row tiles
  * with two m16 tiles per warp ran slower (103 TFLOP/s with 64-key tiles,
  * 106 with 32): at d128 their fragments need more than 255 registers and
  * spill. */
 constexpr int kPrefillMT = 1, kPrefillBN = 64;
+constexpr int kPrefillRows = 16 * 4 * kPrefillMT;
 
-template <typename T, int D, int MT, int BN> cudaError_t launch_prefill(const Params &p, int64_t n_tokens, cudaStream_t st)
+/* Rows x splits a split prefill launch may use at most (the scratch it wants):
+ * it splits only when its row tiles fill at most half the SMs, and then into
+ * at most ceil(kSplitBlocksPerSM * SMs / blocks) parts, so rows * splits <=
+ * kPrefillRows * (kSplitBlocksPerSM * SMs + SMs / 2 + blocks). */
+int64_t prefill_split_rows(int64_t max_ctx)
+{
+    const int64_t sms = sm_count() > 0 ? sm_count() : 132;
+    const int64_t r = kPrefillRows * (kSplitBlocksPerSM * sms + sms);
+    const int64_t by_ctx = kPrefillRows * (sms / 2 + 1) * cdiv(max_ctx > 0 ? max_ctx : 1, kSplitMinKeys);
+    return r < by_ctx ? r : by_ctx;
+}
+
+/* Picks the key split: at most `want` splits of whole kBN-key tiles over span
+ * keys, no more than the scratch holds for `rows` rows; sets p's split fields
+ * (n_splits 1 and no partials when it does not split). Returns the splits. */
+int64_t choose_split(Params &p, int64_t want, int64_t span, int64_t rows, int D, void *scratch, size_t scratch_bytes)
+{
+    if (span < 1) span = 1;
+    int64_t splits = want < 1 ? 1 : want;
+    while (splits > 1 && (!scratch || split_bytes(rows, splits, D) > scratch_bytes)) splits--;
+    int64_t chunk = cdiv(cdiv(span, splits), kBN) * kBN;
+    splits = cdiv(span, chunk); /* never more than before */
+    if (splits <= 1) {
+        p.part_o = nullptr;
+        p.part_lse = nullptr;
+        p.n_splits = 1;
+        p.chunk = 0;
+        return 1;
+    }
+    p.n_splits = (int)splits;
+    p.chunk = (int)chunk;
+    const size_t lse_bytes = ((size_t)rows * splits * sizeof(float) + 255) & ~(size_t)255;
+    p.part_lse = static_cast<float *>(scratch);
+    p.part_o = reinterpret_cast<float *>(static_cast<unsigned char *>(scratch) + lse_bytes);
+    return splits;
+}
+
+template <typename T, int D> cudaError_t launch_reduce(const Params &p, int64_t n_tokens, cudaStream_t st)
+{
+    reduce_kernel<T, D><<<(unsigned)(n_tokens * p.n_heads), kReduceWarps * 32, 0, st>>>(static_cast<T *>(p.out), p.part_o,
+                                                                         p.part_lse, p.n_splits);
+    return cudaGetLastError();
+}
+
+/* Prefill-shaped batches. Their row tiles alone fill the machine unless the
+ * chunk is short; then (multi_block auto) the keys are split like decode's
+ * when the tiles would keep at most half the SMs busy over at least two
+ * kSplitMinKeys-key parts, or always as far as scratch allows (multi_block 1). */
+template <typename T, int D, int MT, int BN>
+cudaError_t launch_prefill(Params p, int64_t n_tokens, int64_t max_ctx, int multi, void *scratch, size_t scratch_bytes,
+                           cudaStream_t st)
 {
     using S = Shape<T, D, 4, 1, MT, BN>;
     static bool done[kMaxDevices];
@@ -727,20 +791,32 @@ template <typename T, int D, int MT, int BN> cudaError_t launch_prefill(const Pa
     if (e != cudaSuccess) return e;
     const int64_t tiles = cdiv(n_tokens * p.group, S::M) + p.n_seqs;
     if (tiles > INT32_MAX) return cudaErrorInvalidValue;
-    prefill_kernel<T, D, MT, BN><<<dim3((unsigned)tiles, p.n_kv_heads), kThreads, S::smem, st>>>(p);
-    return cudaGetLastError();
+    const int64_t span = p.window > 0 && p.window < max_ctx ? p.window : max_ctx;
+    const int64_t blocks = cdiv(n_tokens * p.group, S::M) * p.n_kv_heads; /* blocks with rows, at least */
+    const int64_t sms = sm_count() > 0 ? sm_count() : 1;
+    const int64_t by_ctx = cdiv(span > 0 ? span : 1, kSplitMinKeys);
+    int64_t want = 1;
+    if (multi == 1 || (multi < 0 && 2 * blocks <= sms && by_ctx >= 2)) {
+        want = cdiv(kSplitBlocksPerSM * sms, blocks);
+        if (want > by_ctx) want = by_ctx;
+        if (multi == 1 && want < kSplitForced) want = by_ctx < kSplitForced ? by_ctx : kSplitForced;
+    }
+    const int64_t splits = choose_split(p, want, span, n_tokens * p.n_heads, D, scratch, scratch_bytes);
+    prefill_kernel<T, D, MT, BN><<<dim3((unsigned)tiles, p.n_kv_heads, (unsigned)splits), kThreads, S::smem, st>>>(p);
+    e = cudaGetLastError();
+    if (e != cudaSuccess || splits == 1) return e;
+    return launch_reduce<T, D>(p, n_tokens, st);
 }
 
 template <typename T, int D>
-cudaError_t launch(Params p, int64_t n_tokens, int64_t max_ctx, int multi, void *scratch, cudaStream_t st)
+cudaError_t launch(Params p, int64_t n_tokens, int64_t max_ctx, int multi, void *scratch, size_t scratch_bytes, cudaStream_t st)
 {
     const bool decode = n_tokens == p.n_seqs;
-    if (!decode) {
-        p.part_o = nullptr;
-        p.part_lse = nullptr;
-        p.n_splits = 1;
-        return launch_prefill<T, D, kPrefillMT, kPrefillBN>(p, n_tokens, st);
-    }
+    p.part_o = nullptr;
+    p.part_lse = nullptr;
+    p.n_splits = 1;
+    p.chunk = 0;
+    if (!decode) return launch_prefill<T, D, kPrefillMT, kPrefillBN>(p, n_tokens, max_ctx, multi, scratch, scratch_bytes, st);
 
     using S = Shape<T, D, kDecodeWM, kDecodeWN, kDecodeMT, kBN>;
     static bool done[kMaxDevices];
@@ -754,10 +830,6 @@ cudaError_t launch(Params p, int64_t n_tokens, int64_t max_ctx, int multi, void 
     }
     if (multi && !scratch) return cudaErrorInvalidValue;
     if (!multi) {
-        p.part_o = nullptr;
-        p.part_lse = nullptr;
-        p.n_splits = 1;
-        p.chunk = 0;
         decode_kernel<T, D><<<dim3(1, p.n_kv_heads * p.rt_grid, p.n_seqs), kThreads, S::smem, st>>>(p);
         return cudaGetLastError();
     }
@@ -766,21 +838,12 @@ cudaError_t launch(Params p, int64_t n_tokens, int64_t max_ctx, int multi, void 
     int64_t splits = cdiv(kSplitTargetBlocks, (int64_t)p.n_seqs * p.n_kv_heads * p.rt_grid);
     if (splits > by_ctx) splits = by_ctx;
     if (multi == 1 && splits < kSplitForced) splits = by_ctx < kSplitForced ? by_ctx : kSplitForced;
-    if (splits < 1) splits = 1;
-    int64_t chunk = cdiv(cdiv(span > 0 ? span : 1, splits), kBN) * kBN;
-    splits = cdiv(span > 0 ? span : 1, chunk);
-    if (splits > max_splits(p.n_seqs, max_ctx)) return cudaErrorInvalidValue; /* cannot happen */
-    p.n_splits = (int)splits;
-    p.chunk = (int)chunk;
-    const size_t lse_bytes = ((size_t)n_tokens * p.n_heads * splits * sizeof(float) + 255) & ~(size_t)255;
-    p.part_lse = static_cast<float *>(scratch);
-    p.part_o = reinterpret_cast<float *>(static_cast<unsigned char *>(scratch) + lse_bytes);
+    if (multi == 1 && split_bytes(n_tokens * p.n_heads, splits, D) > scratch_bytes) return cudaErrorInvalidValue;
+    splits = choose_split(p, splits, span, n_tokens * p.n_heads, D, scratch, scratch_bytes);
     decode_kernel<T, D><<<dim3((unsigned)splits, p.n_kv_heads * p.rt_grid, p.n_seqs), kThreads, S::smem, st>>>(p);
     e = cudaGetLastError();
-    if (e != cudaSuccess) return e;
-    reduce_kernel<T, D><<<(unsigned)(n_tokens * p.n_heads), kReduceWarps * 32, 0, st>>>(static_cast<T *>(p.out), p.part_o,
-                                                                         p.part_lse, p.n_splits);
-    return cudaGetLastError();
+    if (e != cudaSuccess || splits == 1) return e;
+    return launch_reduce<T, D>(p, n_tokens, st);
 }
 
 bool aligned16(const void *p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
@@ -819,7 +882,8 @@ extern "C" int loom_cuda_attention(void *out, const void *q, int64_t q_stride, c
                                    const int32_t *q_start, const int32_t *ctx_len, const int32_t *block_tables,
                                    int64_t max_blocks, int64_t n_seqs, int64_t n_tokens, int64_t max_ctx,
                                    int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, int64_t tokens_per_block,
-                                   int64_t window, float scale, int multi_block, void *scratch, void *stream)
+                                   int64_t window, float scale, int multi_block, void *scratch, size_t scratch_bytes,
+                                   void *stream)
 {
     if (act != LOOM_F16 && act != LOOM_BF16) return cudaErrorInvalidValue;
     if (head_dim != 64 && head_dim != 128) return cudaErrorInvalidValue;
@@ -857,11 +921,11 @@ extern "C" int loom_cuda_attention(void *out, const void *q, int64_t q_stride, c
     cudaStream_t st = static_cast<cudaStream_t>(stream);
     cudaError_t e;
     if (act == LOOM_F16)
-        e = head_dim == 64 ? launch<__half, 64>(p, n_tokens, max_ctx, multi_block, scratch, st)
-                           : launch<__half, 128>(p, n_tokens, max_ctx, multi_block, scratch, st);
+        e = head_dim == 64 ? launch<__half, 64>(p, n_tokens, max_ctx, multi_block, scratch, scratch_bytes, st)
+                           : launch<__half, 128>(p, n_tokens, max_ctx, multi_block, scratch, scratch_bytes, st);
     else
-        e = head_dim == 64 ? launch<__nv_bfloat16, 64>(p, n_tokens, max_ctx, multi_block, scratch, st)
-                           : launch<__nv_bfloat16, 128>(p, n_tokens, max_ctx, multi_block, scratch, st);
+        e = head_dim == 64 ? launch<__nv_bfloat16, 64>(p, n_tokens, max_ctx, multi_block, scratch, scratch_bytes, st)
+                           : launch<__nv_bfloat16, 128>(p, n_tokens, max_ctx, multi_block, scratch, scratch_bytes, st);
     return (int)e;
 }
 
@@ -869,7 +933,7 @@ extern "C" size_t loom_cuda_attention_scratch_bytes(int64_t n_seqs, int64_t n_he
                                                     int64_t max_ctx)
 {
     if (n_seqs <= 0 || n_heads <= 0 || head_dim <= 0) return 0;
-    const size_t rows = (size_t)n_seqs * n_heads * max_splits(n_seqs, max_ctx);
-    const size_t lse_bytes = (rows * sizeof(float) + 255) & ~(size_t)255;
-    return lse_bytes + rows * head_dim * sizeof(float);
+    const size_t decode = split_bytes(n_seqs * n_heads, max_splits(n_seqs, max_ctx), head_dim);
+    const size_t prefill = split_bytes(prefill_split_rows(max_ctx), 1, head_dim);
+    return decode > prefill ? decode : prefill;
 }

@@ -15,6 +15,7 @@
 #ifndef LOOM_KERNELS_CUDA_OPS_CUDA_H
 #define LOOM_KERNELS_CUDA_OPS_CUDA_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "../../util/dtype.h"
@@ -100,6 +101,11 @@ int loom_cuda_gemv_ok(loom_dtype act, int64_t n, int64_t in_dim, const void *x, 
 int loom_cuda_gemv(void *y, const void *x, const void *w, const void *bias, loom_dtype act, int64_t n, int64_t in_dim,
                    int64_t out_dim, void *stream);
 
+/* Reads bytes of buf (16-byte aligned) on stream, leaving the L2 full of
+ * clean lines of it: for timing a kernel on weights that come from DRAM
+ * (gemm.c's algorithm tuning). buf must be at least twice the L2 size. */
+int loom_cuda_l2_flush(const void *buf, size_t bytes, void *stream);
+
 /* ---- attention over the paged KV cache (kernels/cuda/attention.cu) ---- */
 
 /* Writes k, v (n, n_kv_heads, head_dim; rows k_stride / v_stride elements
@@ -123,14 +129,21 @@ int loom_cuda_kv_append(void *pool, const void *k, int64_t k_stride, const void 
  * (sequence, head) with a reduction of partial results (multi-block /
  * flash-decoding) when multi_block is 1, or when it is -1 (auto) and
  * n_seqs * n_heads < SMs / 2 and the context is longer than 1024 tokens.
- * scratch: loom_cuda_attention_scratch_bytes(...) bytes for the partials.
- * tokens_per_block must be a power of two; out and pool 16-byte aligned;
- * max_ctx >= every ctx_len (it sizes the multi-block split). */
+ * A prefill batch whose row tiles keep at most half the SMs busy (a short
+ * chunk over a long cached prefix) splits its keys the same way when
+ * multi_block is -1 and the context spans at least two splits, or always when
+ * it is 1 (as far as the scratch allows; prefill never needs scratch).
+ * scratch: scratch_bytes bytes for the partials, at least
+ * loom_cuda_attention_scratch_bytes(n_seqs, n_heads, head_dim, max_ctx) for
+ * decode (the most a launch on the current device uses); NULL turns splitting
+ * off. tokens_per_block must be a power of two; out and pool 16-byte aligned;
+ * max_ctx >= every ctx_len (it sizes the split). */
 int loom_cuda_attention(void *out, const void *q, int64_t q_stride, const void *pool, loom_dtype act,
                         const int32_t *q_start, const int32_t *ctx_len, const int32_t *block_tables,
                         int64_t max_blocks, int64_t n_seqs, int64_t n_tokens, int64_t max_ctx,
                         int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, int64_t tokens_per_block,
-                        int64_t window, float scale, int multi_block, void *scratch, void *stream);
+                        int64_t window, float scale, int multi_block, void *scratch, size_t scratch_bytes,
+                        void *stream);
 size_t loom_cuda_attention_scratch_bytes(int64_t n_seqs, int64_t n_heads, int64_t head_dim, int64_t max_ctx);
 
 /* The same attention for any head_dim <= 256 (attention_generic.cu): one warp

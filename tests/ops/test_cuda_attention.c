@@ -179,7 +179,7 @@ static void run_case(const struct att_case *c)
     const float scale = 1.0f / sqrtf((float)D);
     OP_CHECK(loom_cuda_attention(d_out, (const uint16_t *)d_q + q_off, q_stride, d_pool, act, d_qs, d_ctx, d_bt,
                                  max_blocks, ns, n_tok, max_ctx, H, KVH, D, B, c->window, scale, c->multi,
-                                 d_scratch, NULL));
+                                 d_scratch, scratch_bytes, NULL));
     CUDA_CHECK(cudaGetLastError());
     CUDA_CHECK(cudaDeviceSynchronize());
 
@@ -267,13 +267,32 @@ static void batch(loom_dtype act, int D, int H, int KVH, int B, int kind, int ma
     run_case(&c);
 }
 
+/* Short chunks over long cached prefixes: the prefill kernel's key split
+ * (auto, off, forced), including forced splits of whole prefills (tiles whose
+ * rows see none of a split's keys) and of a 37-sequence chunked batch (empty
+ * splits of short sequences), with and without a sliding window. */
+static void split_cases(void)
+{
+    for (int mb = -1; mb <= 1; mb++) {
+        one_seq(LOOM_F16, 128, 32, 32, 64, 32, 1056, 0, mb, 1, "chunk");   /* KV reuse: Llama-2-7B's heads */
+        one_seq(LOOM_BF16, 128, 32, 8, 16, 32, 1056, 0, mb, 0, "chunk");   /* GQA 4 */
+        one_seq(LOOM_F16, 64, 16, 2, 32, 7, 3000, 0, mb, 2, "chunk");      /* 7 new tokens, odd layout */
+        one_seq(LOOM_F16, 128, 8, 8, 16, 128, 1152, 300, mb, 0, "chunk");  /* window inside the context */
+    }
+    one_seq(LOOM_F16, 128, 8, 2, 16, 700, 700, 0, 1, 0, "prefill");        /* forced split of a whole prefill */
+    one_seq(LOOM_BF16, 64, 8, 8, 64, 333, 333, 200, 1, 1, "prefill");      /* ... with a window */
+    batch(LOOM_F16, 128, 8, 2, 16, 1, 2100, 0, 1, 0);
+    batch(LOOM_BF16, 128, 8, 8, 64, 1, 1500, 0, 1, 1);
+    batch(LOOM_F16, 64, 16, 4, 32, 1, 2100, 500, 1, 2);
+}
+
 /* ---- timing ---- */
 
 struct timing {
     char what[96];
     double us, gbs, tflops;
 };
-static struct timing timings[32];
+static struct timing timings[48];
 static int n_timings;
 static double copy_gbs;
 
@@ -357,7 +376,7 @@ static void time_attention(const char *what, loom_dtype act, int H, int KVH, int
         CUDA_CHECK(cudaEventRecord(e0, NULL));
         for (int i = 0; i < reps; i++)
             OP_CHECK(loom_cuda_attention(d_out, d_q, (int64_t)H * D, d_pool, act, d_qs, d_ctx, d_bt + (i % n_rot) * nb,
-                                         nb, 1, n_new, ctx, H, KVH, D, B, 0, scale, multi, d_scratch, NULL));
+                                         nb, 1, n_new, ctx, H, KVH, D, B, 0, scale, multi, d_scratch, sb, NULL));
         CUDA_CHECK(cudaEventRecord(e1, NULL));
         CUDA_CHECK(cudaEventSynchronize(e1));
         CUDA_CHECK(cudaGetLastError());
@@ -393,15 +412,15 @@ static void bad_args(void)
     void *p = dummy;
     int ok = 1;
     ok &= loom_cuda_attention(p, p, 256, p, LOOM_F32, dummy, dummy, dummy, 1, 1, 1, 1, 2, 2, 128, 16, 0, 1.0f,
-                              -1, NULL, NULL) == 1;                       /* fp32 activations */
+                              -1, NULL, 0, NULL) == 1;                       /* fp32 activations */
     ok &= loom_cuda_attention(p, p, 256, p, LOOM_F16, dummy, dummy, dummy, 1, 1, 1, 1, 2, 2, 96, 16, 0, 1.0f,
-                              -1, NULL, NULL) == 1;                       /* head_dim 96 */
+                              -1, NULL, 0, NULL) == 1;                       /* head_dim 96 */
     ok &= loom_cuda_attention(p, p, 384, p, LOOM_F16, dummy, dummy, dummy, 1, 1, 1, 1, 3, 2, 128, 16, 0, 1.0f,
-                              -1, NULL, NULL) == 1;                       /* 3 heads on 2 kv heads */
+                              -1, NULL, 0, NULL) == 1;                       /* 3 heads on 2 kv heads */
     ok &= loom_cuda_attention(p, p, 256, p, LOOM_F16, dummy, dummy, dummy, 1, 1, 1, 1, 2, 2, 128, 24, 0, 1.0f,
-                              -1, NULL, NULL) == 1;                       /* B not a power of two */
+                              -1, NULL, 0, NULL) == 1;                       /* B not a power of two */
     ok &= loom_cuda_attention(p, p, 256, p, LOOM_F16, dummy, dummy, dummy, 1, 1, 1, 4096, 2, 2, 128, 16, 0, 1.0f,
-                              1, NULL, NULL) == 1;                        /* multi-block forced, no scratch */
+                              1, NULL, 0, NULL) == 1;                        /* multi-block forced, no scratch */
     ok &= loom_cuda_kv_append(p, p, 1, p, 256, LOOM_F16, dummy, 1, 2, 128, 16, NULL) == 1; /* k_stride too small */
     cases++;
     failures += !ok;
@@ -433,6 +452,7 @@ int main(void)
         one_seq(LOOM_F16, 128, 16, 2, 64, 1, 77, 0, 0, 0, "decode");
         batch(LOOM_BF16, 128, 8, 2, 8, 1, 300, 64, -1, 1);
         batch(LOOM_F16, 64, 32, 8, 16, 2, 1000, 0, 1, 2);
+        split_cases();
         printf("%d/%d attention cases passed (quick)\n", cases - failures, cases);
         return failures ? 1 : 0;
     }
@@ -472,6 +492,7 @@ int main(void)
             batch(a, D, H, KVH, NB, 2, 3000, 400, 1, NL);
             batch(a, D, 32, 8, NB, 2, 3000, 0, 1, NL);
         }
+    split_cases();
     printf("%d/%d attention cases passed\n", cases - failures, cases);
 
     /* Timings: fp16, head_dim 128, batch 1. */
@@ -490,6 +511,15 @@ int main(void)
     time_attention("prefill 2048 tok h32/kv32 d128 fp16", LOOM_F16, 32, 32, 128, 2048, 2048, -1);
     time_attention("prefill 2048 tok h32/kv32 d128 bf16", LOOM_BF16, 32, 32, 128, 2048, 2048, -1);
     time_attention("prefill 2048 tok h32/kv8 d128 fp16", LOOM_F16, 32, 8, 128, 2048, 2048, -1);
+    /* a short chunk on a cached prefix (KV reuse): the key split on (auto) and off */
+    const int chunk[][3] = {{32, 1056, 32}, {32, 1056, 8}, {128, 1152, 32}, {32, 4128, 32}};
+    for (int i = 0; i < 4; i++)
+        for (int mb = -1; mb <= 0; mb++) {
+            char w[96];
+            snprintf(w, sizeof w, "chunk %d on %d h32/kv%d d128 split %s", chunk[i][0], chunk[i][1] - chunk[i][0], chunk[i][2],
+                     mb ? "auto" : "off");
+            time_attention(w, LOOM_F16, 32, chunk[i][2], 128, chunk[i][0], chunk[i][1], mb);
+        }
 
     printf("\n== attention timings: %s, fp16 unless noted, batch 1, causal; per call, %s ==\n", prop.name,
            "20 calls back to back, median of 7 batches");
