@@ -33,10 +33,10 @@ bench() { # name, env..., -- , args...
 args="--dummy-weights llama-7b --batch-size 1;64 --input-output-len $cases"
 for step in $steps; do
     case $step in
-    after) bench after-profile LOOM_GPU_PROFILE=1 "$bin/loom" bench $args --json "$out/bench_after.json" ;;
+    after) bench after-profile LOOM_GPU_PROFILE=1 LOOM_GEMM_TUNE=1 "$bin/loom" bench $args --json "$out/bench_after.json" ;;
     before) bench before-profile LOOM_GPU_PROFILE=1 LOOM_GEMM_TUNE=0 "$bin/loom" bench $args --multi-block off --json "$out/bench_before.json" ;;
     before-plain) bench before-plain LOOM_GEMM_TUNE=0 "$bin/loom" bench $args --multi-block off --json "$out/bench_before_plain.json" ;;
-    plain) bench after-plain "$bin/loom" bench $args --json "$out/bench_after_plain.json" ;;
+    plain) bench after-plain LOOM_GEMM_TUNE=1 "$bin/loom" bench $args --json "$out/bench_after_plain.json" ;;
     nographs)
         bench nographs-profile LOOM_GPU_PROFILE=1 LOOM_CUDA_GRAPHS=0 "$bin/loom" bench --dummy-weights llama-7b --batch-size "1;64" \
             --input-output-len "1024+32,2;128,32"

@@ -5,8 +5,9 @@
  * Nothing is allocated per step.
  *
  * Environment: LOOM_CUDA_GRAPHS=0 runs decode steps without CUDA graphs;
- * LOOM_GEMV=0 sends one-row GEMMs to cuBLASLt too; LOOM_GEMM_TUNE=0 keeps
- * cuBLASLt's first heuristic choice for small-n GEMMs (kernels/cuda/gemm.c).
+ * LOOM_GEMV=0 sends one-row GEMMs to cuBLASLt too; LOOM_GEMM_TUNE=1 times
+ * cuBLASLt's candidates once per small-n shape instead of taking the
+ * heuristic's first choice (kernels/cuda/gemm.c).
  * LOOM_GPU_PROFILE=1 times every op kind of each step with CUDA events
  * (upload, embedding, norms, the four layer GEMMs, rope + KV append,
  * attention, silu*mul, communication, lm_head, sampling), accumulates the

@@ -295,6 +295,21 @@ int main(void)
         wmat_free(&m);
     }
 
+    /* Tuned small-n path (opt-in, LOOM_GEMM_TUNE=1): its chosen algorithms,
+     * split-K variants included, must give the same results. */
+    setenv("LOOM_GEMM_TUNE", "1", 1);
+    loom_cuda_gemm *gt = loom_cuda_gemm_create((size_t)32 << 20, err, sizeof err);
+    unsetenv("LOOM_GEMM_TUNE");
+    if (!gt) { fprintf(stderr, "%s\n", err); return 1; }
+    for (int d = 0; d < 2; d++)
+        for (int i = 3; i < nd; i++)
+            for (int o = 3; o < nd; o++) {
+                wmat m = wmat_make(dts[d], dims[i], dims[o]);
+                for (int k = 0; k < 3; k++) unsupported += check(gt, dts[d], &m, ns[k], 0, tols[d]) < 0;
+                wmat_free(&m);
+            }
+    loom_cuda_gemm_destroy(gt);
+
     /* Timing (not a check). */
     const double bw = copy_bandwidth();
     printf("\ncopy bandwidth (cudaMemcpyAsync D2D, read + write): %.0f GB/s\n", bw * 1e-9);
