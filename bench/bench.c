@@ -56,7 +56,9 @@ static const char *const nccl_env[] = {
     "at the mean context) / the rank's measured copy bandwidth: TP ranks read in parallel, stages one after another (no "      \
     "micro-batching); communication not counted. Equal stages: pp x (one rank's weights + KV) / bandwidth"
 #define PREFILL_FLOOR_MODEL                                                                                                    \
-    "sum over pipeline stages of the max over the stage's TP ranks of the rank's prefill FLOPs / its measured matmul rate; "  \
+    "per pipeline stage, the max over its TP ranks of the rank's prefill FLOPs / its measured matmul rate (F_s); the prefill "  \
+    "runs in n forwards of at most max-num-tokens tokens, which overlap across stages, so the floor is max F_s + "             \
+    "(sum F_s - max F_s) / n (the slowest stage's work plus the pipeline's fill and drain; sum F_s for one forward); "        \
     "prefill_fraction_of_matmul_rate = that floor / TTFT"
 
 /* The run's ranks and this one's place among them. tp = pp = 1 outside
@@ -357,6 +359,19 @@ static double stage_floor(const double *v, int stride, int tp, int pp)
     return sum;
 }
 
+/* The prefill floor of a pipeline whose n_fwd forwards overlap across stages:
+ * the slowest stage's work plus the others' share of one forward (fill and
+ * drain). One forward: the stages' sum, as for a decode step. */
+static double pipelined_floor(const double *v, int stride, int tp, int pp, double n_fwd)
+{
+    double sum = stage_floor(v, stride, tp, pp), mx = 0;
+    for (int s = 0; s < pp; s++) {
+        double one = stage_floor(v + (size_t)s * tp * stride, stride, tp, 1);
+        mx = one > mx ? one : mx;
+    }
+    return mx + (sum - mx) / (n_fwd >= 1 ? n_fwd : 1);
+}
+
 static json_t *json_reals(const double *v, int stride, int n, double scale)
 {
     json_t *a = json_array();
@@ -618,7 +633,8 @@ int loom_cmd_bench(int argc, char **argv)
                 floor_s = stage_floor(&ci[0].decode_floor, n_ci, L.tp, L.pp);
                 prefill_flops = 0;
                 for (int r = 0; r < L.world; r++) prefill_flops += ci[r].prefill_flops;
-                prefill_pct = 100.0 * stage_floor(&ci[0].prefill_floor, n_ci, L.tp, L.pp) / ttft;
+                const double n_fwd = (double)((B * in + go.max_tokens - 1) / go.max_tokens);
+                prefill_pct = 100.0 * pipelined_floor(&ci[0].prefill_floor, n_ci, L.tp, L.pp, n_fwd) / ttft;
                 mem_gib = max_of(&ci[0].used, n_ci, L.world) / GIB;
                 est_gib = (model_p * es + (double)B * (double)(in + out) * kv_per_token) / (L.tp * L.pp) / GIB;
                 for (int r = 0; r < L.world; r++) peak_used = ci[r].used > peak_used ? ci[r].used : peak_used;
