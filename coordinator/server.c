@@ -86,6 +86,7 @@ struct loom_server {
     Loom__PlanSequence **plan_seq_ptrs;
     Loom__SamplingParams *plan_sp;
     int32_t *positions;          /* (max_num_tokens) */
+    loom_wire_arena *result_arena; /* StepResults unpack here */
     /* KV blocks: the manager exists once the workers reported their pools */
     loom_block_manager *bm;
     int64_t kv_blocks, tokens_per_block;
@@ -756,33 +757,30 @@ static void on_token(loom_server *s, loom_req *r, int32_t id)
     }
 }
 
-/* Handles one StepResult. Returns non-OK when a worker reports a failure. */
+/* Handles one StepResult (unpacked into the result arena: nothing is
+ * allocated per step). Returns non-OK when a worker reports a failure. */
 static loom_status on_result(loom_server *s, loom_err *err)
 {
     Loom__Envelope *env = NULL;
     loom_err rerr;
-    loom_status st = loom_wire_recv(s->pull, ZMQ_DONTWAIT, &env, &rerr);
+    loom_status st = loom_wire_recv_arena(s->pull, ZMQ_DONTWAIT, s->result_arena, &env, &rerr);
     if (st == LOOM_EIO) return errno == EAGAIN || errno == EINTR ? LOOM_OK : loom_err_set(err, LOOM_EIO, "result socket: %s", rerr.msg);
     if (st != LOOM_OK) return loom_err_set(err, LOOM_EINTERNAL, "a worker sent an invalid result: %s", rerr.msg);
     if (env->body_case != LOOM__ENVELOPE__BODY_RESULT) {
-        loom_wire_free(env);
         return LOOM_OK;
     }
     const Loom__StepResult *res = env->result;
     if (res->error && res->error[0]) {
         st = loom_err_set(err, LOOM_EINTERNAL, "%s", res->error);
-        loom_wire_free(env);
         return st;
     }
     if (res->step == 0) { /* a late ping answer */
-        loom_wire_free(env);
         return LOOM_OK;
     }
     micro_batch *mb = NULL;
     for (int i = 0; i < s->n_mbs; i++)
         if (s->mbs[i].inflight == res->step) mb = &s->mbs[i];
     if (!mb || res->n_seq_ids != res->n_sampled_ids) {
-        loom_wire_free(env);
         return loom_err_set(err, LOOM_EINTERNAL, "result for step %llu does not match a plan in flight", (unsigned long long)res->step);
     }
     mb->inflight = 0;
@@ -794,8 +792,7 @@ static loom_status on_result(loom_server *s, loom_err *err)
             if (r->state != REQ_RUNNING || !r->has_blocks) continue;
             loom_err e;
             if (loom_block_manager_commit_full_blocks(s->bm, r->slot, r->fed < r->n_prompt ? r->fed : r->n_prompt, &e) != LOOM_OK) {
-                loom_wire_free(env);
-                return loom_err_set(err, LOOM_EINTERNAL, "%s", e.msg);
+                        return loom_err_set(err, LOOM_EINTERNAL, "%s", e.msg);
             }
         }
     for (size_t i = 0; i < res->n_seq_ids; i++) {
@@ -809,7 +806,6 @@ static loom_status on_result(loom_server *s, loom_err *err)
         s->rate_t = t;
         s->rate_tokens = (double)s->tokens_total;
     }
-    loom_wire_free(env);
     return LOOM_OK;
 }
 
@@ -866,6 +862,7 @@ loom_server *loom_server_create(const loom_server_opts *o, int n_workers, loom_e
     s->plan_seq_ptrs = calloc((size_t)B, sizeof *s->plan_seq_ptrs);
     s->plan_sp = calloc((size_t)B, sizeof *s->plan_sp);
     s->positions = calloc((size_t)o->max_num_tokens, sizeof *s->positions);
+    if (!(s->result_arena = loom_wire_arena_create((size_t)1 << 14, err))) goto fail;
     if (!s->batch || !s->mbs || !s->plan_seqs || !s->plan_seq_ptrs || !s->plan_sp || !s->positions) goto oom;
     for (int i = 0; i < o->pp; i++)
         if (!(s->mbs[i].reqs = calloc((size_t)B, sizeof *s->mbs[i].reqs))) goto oom;
@@ -1031,6 +1028,7 @@ void loom_server_destroy(loom_server *s)
     free(s->plan_seq_ptrs);
     free(s->plan_sp);
     free(s->positions);
+    loom_wire_arena_destroy(s->result_arena);
     loom_tokenizer_destroy(s->tok);
     loom_config_free(&s->cfg);
     loom_block_manager_destroy(s->bm);

@@ -52,6 +52,26 @@ loom_status loom_wire_unpack(const void *data, size_t len, Loom__Envelope **out,
  * answer with an error chunk rather than give up. */
 loom_status loom_wire_recv(void *sock, int flags, Loom__Envelope **out, loom_err *err);
 
+/* A receive arena: envelopes unpacked into one reused buffer, so a loop that
+ * receives a message per step (plans on a worker, results on the coordinator)
+ * allocates nothing once the buffer has grown to its largest message. */
+typedef struct loom_wire_arena loom_wire_arena;
+
+/* Creates an arena of `bytes` to start with. NULL (err filled) when out of memory. */
+loom_wire_arena *loom_wire_arena_create(size_t bytes, loom_err *err);
+
+/* Frees the arena and what it holds; accepts NULL. */
+void loom_wire_arena_destroy(loom_wire_arena *a);
+
+/* loom_wire_recv into the arena: *out stays valid until the next
+ * loom_wire_recv_arena with the same arena (or its destruction); never pass it
+ * to loom_wire_free. A message larger than the buffer is unpacked with malloc
+ * and the buffer grows (to twice what was needed) at the next call. */
+loom_status loom_wire_recv_arena(void *sock, int flags, loom_wire_arena *a, Loom__Envelope **out, loom_err *err);
+
+/* The arena's buffer size now (for tests). */
+size_t loom_wire_arena_capacity(const loom_wire_arena *a);
+
 /* Frees an envelope from loom_wire_unpack/loom_wire_recv; accepts NULL. */
 void loom_wire_free(Loom__Envelope *env);
 

@@ -364,6 +364,8 @@ static loom_status send_result(const loom_worker *w, void *push, uint64_t step, 
 loom_status loom_worker_serve(loom_worker *w, const char *plan_endpoint, const char *result_endpoint, loom_err *err)
 {
     loom_status st = LOOM_OK;
+    loom_wire_arena *arena = loom_wire_arena_create((size_t)1 << 16, err); /* plans unpack here: no allocation per step */
+    if (!arena) return LOOM_ENOMEM;
     void *ctx = zmq_ctx_new();
     void *sub = zmq_socket(ctx, ZMQ_SUB), *push = zmq_socket(ctx, ZMQ_PUSH);
     int linger = 2000, hwm = 0;
@@ -377,7 +379,7 @@ loom_status loom_worker_serve(loom_worker *w, const char *plan_endpoint, const c
     for (;;) {
         Loom__Envelope *env = NULL;
         loom_err rerr;
-        loom_status rs = loom_wire_recv(sub, 0, &env, &rerr);
+        loom_status rs = loom_wire_recv_arena(sub, 0, arena, &env, &rerr);
         if (rs == LOOM_EIO && errno == EINTR) continue; /* a signal: the coordinator decides when to stop */
         if (rs == LOOM_EIO) {
             st = loom_err_set(err, LOOM_EIO, "worker %d: plan socket: %s", w->topo->worker, rerr.msg);
@@ -385,17 +387,14 @@ loom_status loom_worker_serve(loom_worker *w, const char *plan_endpoint, const c
         }
         if (rs != LOOM_OK) continue; /* not ours to answer: plans come only from the coordinator */
         if (env->body_case == LOOM__ENVELOPE__BODY_SHUTDOWN) {
-            loom_wire_free(env);
             break;
         }
         if (env->body_case != LOOM__ENVELOPE__BODY_PLAN) {
-            loom_wire_free(env);
             continue;
         }
         const Loom__BatchPlan *plan = env->plan;
         if (plan->step == 0) { /* ping: prove this worker is subscribed */
             st = send_result(w, push, 0, NULL, NULL, 0, NULL, 0, err);
-            loom_wire_free(env);
             if (st != LOOM_OK) goto out;
             continue;
         }
@@ -418,16 +417,15 @@ loom_status loom_worker_serve(loom_worker *w, const char *plan_endpoint, const c
             snprintf(msg, sizeof msg, "worker %d: %s", w->topo->worker, serr.msg);
             send_result(w, push, plan->step, NULL, NULL, 0, msg, ms, err);
             st = loom_err_set(err, fs, "%s", msg);
-            loom_wire_free(env);
             goto out;
         }
         if (w->sampler_rank) st = send_result(w, push, plan->step, w->out_seq, w->out_ids, n_out, NULL, ms, err);
-        loom_wire_free(env);
         if (st != LOOM_OK) goto out;
     }
 out:
     zmq_close(sub);
     zmq_close(push);
     zmq_ctx_term(ctx);
+    loom_wire_arena_destroy(arena);
     return st;
 }

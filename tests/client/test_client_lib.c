@@ -12,17 +12,7 @@
 #include <unistd.h>
 
 #include "loom_client.h"
-
-static int failures;
-#define EXPECT(cond, ...)                                                       \
-    do {                                                                        \
-        if (!(cond)) {                                                          \
-            failures++;                                                         \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                \
-            fprintf(stderr, __VA_ARGS__);                                       \
-            fprintf(stderr, "\n");                                              \
-        }                                                                       \
-    } while (0)
+#include "../common/expect.h"
 
 static const char *mock_bin;
 

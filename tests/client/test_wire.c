@@ -7,17 +7,7 @@
 #include <string.h>
 
 #include "wire.h"
-
-static int failures;
-#define EXPECT(cond, ...)                                                       \
-    do {                                                                        \
-        if (!(cond)) {                                                          \
-            failures++;                                                         \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                \
-            fprintf(stderr, __VA_ARGS__);                                       \
-            fprintf(stderr, "\n");                                              \
-        }                                                                       \
-    } while (0)
+#include "../common/expect.h"
 
 /* Packs env into a buffer and unpacks it again (NULL on failure). */
 static Loom__Envelope *round_trip(Loom__Envelope *env)
@@ -237,6 +227,85 @@ static void test_socket(void)
     zmq_ctx_term(ctx);
 }
 
+/* A plan of n sequences of k tokens each, sequence i's tokens = i*1000 + j. */
+static void send_plan(void *sock, uint64_t step, int n, int k)
+{
+    Loom__PlanSequence *seqs = calloc((size_t)n, sizeof *seqs);
+    Loom__PlanSequence **ptrs = calloc((size_t)n, sizeof *ptrs);
+    int32_t *ids = calloc((size_t)(n * k), sizeof *ids), *table = calloc((size_t)k, sizeof *table);
+    for (int i = 0; i < n; i++) {
+        loom__plan_sequence__init(&seqs[i]);
+        seqs[i].seq_id = (uint64_t)i;
+        for (int j = 0; j < k; j++) ids[i * k + j] = i * 1000 + j;
+        seqs[i].token_ids = ids + i * k;
+        seqs[i].n_token_ids = (size_t)k;
+        seqs[i].positions = ids + i * k;
+        seqs[i].n_positions = (size_t)k;
+        seqs[i].block_table = table;
+        seqs[i].n_block_table = (size_t)k;
+        ptrs[i] = &seqs[i];
+    }
+    Loom__BatchPlan plan = LOOM__BATCH_PLAN__INIT;
+    plan.step = step;
+    plan.n_seqs = (size_t)n;
+    plan.seqs = ptrs;
+    Loom__Envelope env = LOOM__ENVELOPE__INIT;
+    env.body_case = LOOM__ENVELOPE__BODY_PLAN;
+    env.plan = &plan;
+    loom_err err = {{0}};
+    EXPECT(loom_wire_send(sock, &env, 0, &err) == LOOM_OK, "send plan: %s", err.msg);
+    free(seqs);
+    free(ptrs);
+    free(ids);
+    free(table);
+}
+
+static bool plan_ok(const Loom__Envelope *e, uint64_t step, int n, int k)
+{
+    if (!e || e->body_case != LOOM__ENVELOPE__BODY_PLAN || e->plan->step != step || e->plan->n_seqs != (size_t)n) return false;
+    for (int i = 0; i < n; i++) {
+        const Loom__PlanSequence *ps = e->plan->seqs[i];
+        if (ps->seq_id != (uint64_t)i || ps->n_token_ids != (size_t)k || ps->n_block_table != (size_t)k) return false;
+        for (int j = 0; j < k; j++)
+            if (ps->token_ids[j] != i * 1000 + j || ps->positions[j] != i * 1000 + j) return false;
+    }
+    return true;
+}
+
+/* The receive arena: plans of growing size unpack correctly, even the first
+ * one far larger than the buffer (hundreds of allocations past its end); the
+ * buffer grows once to hold the largest, then stays put for messages that fit. */
+static void test_arena(void)
+{
+    void *ctx = zmq_ctx_new();
+    void *a = zmq_socket(ctx, ZMQ_PAIR), *b = zmq_socket(ctx, ZMQ_PAIR);
+    EXPECT(zmq_bind(a, "inproc://wire-arena") == 0 && zmq_connect(b, "inproc://wire-arena") == 0, "inproc pair");
+    loom_err err = {{0}};
+    loom_wire_arena *ar = loom_wire_arena_create(64, &err);
+    EXPECT(ar != NULL, "arena: %s", err.msg);
+    Loom__Envelope *out = NULL;
+    const int sizes[][2] = {{1, 1}, {3, 5}, {300, 7}, {64, 200}, {300, 7}, {2, 2}, {300, 7}};
+    size_t cap_after_big = 0;
+    for (int t = 0; t < 7; t++) {
+        send_plan(a, (uint64_t)t + 1, sizes[t][0], sizes[t][1]);
+        EXPECT(loom_wire_recv_arena(b, 0, ar, &out, &err) == LOOM_OK, "recv plan %d: %s", t, err.msg);
+        EXPECT(plan_ok(out, (uint64_t)t + 1, sizes[t][0], sizes[t][1]), "plan %d (%d seqs x %d) unpacked intact", t, sizes[t][0],
+               sizes[t][1]);
+        if (t == 4) cap_after_big = loom_wire_arena_capacity(ar); /* grown at the recv after each larger message */
+    }
+    EXPECT(loom_wire_arena_capacity(ar) > 64, "the arena grew to its largest message");
+    EXPECT(loom_wire_arena_capacity(ar) == cap_after_big, "no growth once the largest message fits (%zu vs %zu)",
+           loom_wire_arena_capacity(ar), cap_after_big);
+    /* an invalid frame through the arena is refused like any other */
+    zmq_send(a, "\x08\x02\x2a\x00", 4, 0);
+    EXPECT(loom_wire_recv_arena(b, 0, ar, &out, &err) == LOOM_EINVAL && !out, "wrong version refused: %s", err.msg);
+    loom_wire_arena_destroy(ar);
+    loom_wire_arena_destroy(NULL);
+    zmq_close(a);
+    zmq_close(b);
+    zmq_ctx_term(ctx);
+}
+
 int main(void)
 {
     test_generate();
@@ -245,6 +314,7 @@ int main(void)
     test_pack_msg();
     test_rejects();
     test_socket();
+    test_arena();
     if (failures) {
         fprintf(stderr, "%d failure(s)\n", failures);
         return 1;

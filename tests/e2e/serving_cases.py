@@ -31,30 +31,7 @@ def case(fn):
     return fn
 
 
-class Server(Cluster):
-    """A cluster stopped by SIGTERM to the coordinator rank itself, which shuts
-    the workers down at once: a SIGTERM to Open MPI 4.1's mpirun reaches the
-    ranks only about 5 s later. The path through mpirun has its own test
-    (serve_sigterm_answers_clients)."""
-
-    def stop(self, timeout=20):
-        if self.proc.poll() is None:
-            rank0 = None
-            for pid in filter(str.isdigit, os.listdir("/proc")):
-                try:
-                    with open(f"/proc/{pid}/stat") as f:
-                        sid = int(f.read().rsplit(")", 1)[1].split()[3])  # state ppid pgrp session
-                    if sid == self.proc.pid and b"OMPI_COMM_WORLD_RANK=0\0" in open(f"/proc/{pid}/environ", "rb").read():
-                        rank0 = int(pid)
-                except (OSError, ValueError, IndexError):
-                    continue
-            if rank0:
-                try:
-                    os.kill(rank0, signal.SIGTERM)
-                    self.proc.wait(timeout=timeout)
-                except (ProcessLookupError, subprocess.TimeoutExpired):
-                    pass
-        return super().stop(timeout)
+Server = Cluster  # stopped by SIGTERM to the coordinator rank (serve_cases.Cluster.stop)
 
 
 def request(rid, prompt, max_new, temperature=0.0, top_k=0, top_p=1.0, rep=1.0, seed=0, stream=True, stop=(), stop_ids=()):

@@ -8,19 +8,7 @@
 #include <string.h>
 
 #include "kv/block_manager.h"
-
-static int failures;
-static int checks;
-#define EXPECT(cond, ...)                                                       \
-    do {                                                                        \
-        checks++;                                                               \
-        if (!(cond)) {                                                          \
-            failures++;                                                         \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                \
-            fprintf(stderr, __VA_ARGS__);                                       \
-            fprintf(stderr, "\n");                                              \
-        }                                                                       \
-    } while (0)
+#include "../common/expect.h"
 
 #define EXPECT_OK(expr)                                                         \
     do {                                                                        \

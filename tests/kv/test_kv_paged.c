@@ -15,22 +15,10 @@
 #include "kernels/ops.h"
 #include "kv/kv_cache.h"
 #include "worker/model.h"
+#include "../common/expect.h"
 
 #define TOL_PAGED 1e-6 /* paged vs contiguous, both fp32 */
 #define TOL_REF 1e-5   /* fp32 kernel vs the double reference */
-
-static int failures, checks;
-
-#define EXPECT(cond, ...)                                                       \
-    do {                                                                        \
-        checks++;                                                               \
-        if (!(cond)) {                                                          \
-            failures++;                                                         \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                \
-            fprintf(stderr, __VA_ARGS__);                                       \
-            fprintf(stderr, "\n");                                              \
-        }                                                                       \
-    } while (0)
 
 static void *xmalloc(size_t n)
 {

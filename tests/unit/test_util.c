@@ -8,17 +8,7 @@
 #include "util/dtype.h"
 #include "util/parse.h"
 #include "worker/sampler.h"
-
-static int failures;
-#define EXPECT(cond, ...)                                                       \
-    do {                                                                        \
-        if (!(cond)) {                                                          \
-            failures++;                                                         \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                \
-            fprintf(stderr, __VA_ARGS__);                                       \
-            fprintf(stderr, "\n");                                              \
-        }                                                                       \
-    } while (0)
+#include "../common/expect.h"
 
 static void test_f16(void)
 {
