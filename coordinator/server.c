@@ -786,14 +786,16 @@ static loom_status on_result(loom_server *s, loom_err *err)
     mb->inflight = 0;
     mb->timing = true;
     mb->result_compute_ms = res->compute_ms;
-    if (s->o.enable_kv_reuse) /* the plan's KV is written: its full prompt blocks may be shared now */
+    /* The plan's KV is written: its full blocks may be shared now, generated
+     * tokens included (a follow-up turn that repeats the answer, or this
+     * request's own recompute after a preemption, matches them too). */
+    if (s->o.enable_kv_reuse)
         for (int64_t i = 0; i < mb->n; i++) {
             loom_req *r = mb->reqs[i];
             if (r->state != REQ_RUNNING || !r->has_blocks) continue;
             loom_err e;
-            if (loom_block_manager_commit_full_blocks(s->bm, r->slot, r->fed < r->n_prompt ? r->fed : r->n_prompt, &e) != LOOM_OK) {
-                        return loom_err_set(err, LOOM_EINTERNAL, "%s", e.msg);
-            }
+            if (loom_block_manager_commit_full_blocks(s->bm, r->slot, r->fed, &e) != LOOM_OK)
+                return loom_err_set(err, LOOM_EINTERNAL, "%s", e.msg);
         }
     for (size_t i = 0; i < res->n_seq_ids; i++) {
         if (res->seq_ids[i] >= (uint64_t)s->n_batch) continue;

@@ -12,8 +12,8 @@
  * never fit the pool is refused at admission; when the pool runs out, the most
  * recently admitted sequences are preempted (their blocks freed, the request
  * queued again at the front and recomputed later, streaming on where it
- * stopped). With enable_kv_reuse, full blocks of prompt tokens are cached and
- * matched by later requests. */
+ * stopped). With enable_kv_reuse, full blocks of computed tokens (prompt and
+ * generated) are cached and matched by later requests. */
 #ifndef LOOM_COORDINATOR_SERVER_H
 #define LOOM_COORDINATOR_SERVER_H
 

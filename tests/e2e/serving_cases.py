@@ -297,6 +297,29 @@ def kv_reuse_equals_no_reuse():
 
 
 @case
+def kv_reuse_follow_up_turn():
+    """A follow-up turn: request B's prompt is request A's prompt and the
+    first 70 tokens of A's answer, then a new question. With reuse, B finds A's
+    full blocks of generated tokens too, not only of its prompt (A's prompt is
+    one token: no full block), and B's output equals `loom run`."""
+    a = request("turn1", [1], 80)
+    with Server(STORIES, 1, 1, ("--enable-kv-cache-reuse", "--tokens-per-block", "16")) as c:
+        res, summary = run_load(c, [a])
+        check_accounting(res, summary, [a])
+        out_a = res["turn1"]["output_ids"]
+        assert len(out_a) == 80, res["turn1"]
+        assert out_a == loom_run(a)["output_ids"], "turn 1 differs from loom run"
+        b = request("turn2", [1] + out_a[:70] + [5, 9, 11], 30)
+        res, summary = run_load(c, [b])
+        check_accounting(res, summary, [b])
+        assert {k: res["turn2"][k] for k in ("output_ids", "text")} == loom_run(b), "turn 2 differs from loom run"
+        st = wait_stats(c, idle, "blocks back")
+        # turn 1 offers 1 prompt token, turn 2 offers 74 of which 64 (4 blocks of 16) are A's computed tokens
+        print(f"follow-up turn: stats {st}")
+        assert st["prefix_hit_rate"] > 0.8, f"turn 2 did not reuse turn 1's generated blocks: {st}"
+
+
+@case
 def cancel_and_disconnect_free_blocks():
     """Cancelling running and waiting requests (with shared prefix blocks, on a
     pool small enough that some were preempted) and dropping a connection
