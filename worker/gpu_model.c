@@ -101,6 +101,7 @@ struct loom_gpu_model {
     struct { int64_t n_seqs; cudaGraphExec_t exec; } graphs[32];
     int n_graphs;
     int use_graphs;
+    int graphs_partitioned;      /* decode graphs also for TP ranks and pipeline stages (NCCL captured) */
     int use_gemv;   /* LOOM_GEMV=0 turns the decode GEMV off (cuBLASLt for everything) */
     /* this partition: local heads, kv heads, MLP width, layers [l0, l0 + nl), vocab rows */
     int64_t nh, nkv, inter, nl, l0;
@@ -303,6 +304,8 @@ static loom_status init_common(loom_gpu_model *m, const loom_config *cfg, const 
     m->o = *o;
     const char *g = getenv("LOOM_CUDA_GRAPHS");
     m->use_graphs = !(g && !strcmp(g, "0"));
+    const char *gp = getenv("LOOM_CUDA_GRAPHS_PARTITIONED");
+    m->graphs_partitioned = !(gp && !strcmp(gp, "0"));
     const char *gv = getenv("LOOM_GEMV");
     m->use_gemv = !(gv && !strcmp(gv, "0"));
     const char *pe = getenv("LOOM_GPU_PROFILE");
@@ -858,7 +861,12 @@ loom_status loom_gpu_forward_sampled(loom_gpu_model *m, int64_t S, const int64_t
     used = (size_t)((char *)m->d_hist - (char *)m->stage_dev) + (size_t)n_hist * sizeof *h_hist;
     cudaStream_t st = m->stream;
     int replayed = 0;
-    if (m->use_graphs && T == S && n_hist == 0 && m->tp == 1 && m->is_first && m->is_last) {
+    /* A partitioned model's step holds NCCL collectives and send/receive, which
+     * a graph captures too; every rank of a TP group decides alike (same
+     * batches, same histories), and a stage that runs plainly while its
+     * neighbour replays still pairs its NCCL calls in the same order. */
+    const bool whole = m->tp == 1 && m->is_first && m->is_last;
+    if (m->use_graphs && T == S && n_hist == 0 && (whole || m->graphs_partitioned)) {
         /* decode step: the first of a batch size runs plainly (so that
          * cuBLASLt can time its algorithms, which a capture cannot), the
          * second captures the graph, later ones replay it */

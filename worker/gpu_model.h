@@ -5,6 +5,8 @@
  * Nothing is allocated per step.
  *
  * Environment: LOOM_CUDA_GRAPHS=0 runs decode steps without CUDA graphs;
+ * LOOM_CUDA_GRAPHS_PARTITIONED=0 keeps them to an unpartitioned model (by
+ * default TP ranks and pipeline stages capture theirs too, NCCL calls inside);
  * LOOM_GEMV=0 sends one-row GEMMs to cuBLASLt too; LOOM_GEMM_TUNE=1 times
  * cuBLASLt's candidates once per small-n shape instead of taking the
  * heuristic's first choice (kernels/cuda/gemm.c).
