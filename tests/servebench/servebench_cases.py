@@ -6,76 +6,38 @@ scheduler (40 requests at 50 req/s, mixed lengths): every request completes,
 the JSON report is complete and sane. Then --shared-prefix against a server
 with --enable-kv-cache-reuse: prompts are the prefix plus their own tokens and
 the server reports prefix cache hits. Then bad flags exit 2 and an
-unreachable endpoint exits 1 within its --timeout. The cluster pattern is copied from
-tests/e2e/serve_cases.py (not imported: the suites stay independent)."""
+unreachable endpoint exits 1 within its --timeout. The cluster helper is
+tests/e2e/serve_cases.py's."""
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-STORIES = os.path.join(HERE, "..", "data", "stories260K")
-ENV = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-           OMPI_MCA_rmaps_base_oversubscribe="1", OMPI_MCA_btl="self,vader", OMPI_MCA_pml="ob1",
-           OMP_NUM_THREADS="1", OMPI_MCA_mca_base_component_disable_dlclose="1",
-           OMPI_MCA_odls_base_sigkill_timeout="3")
-ENV["ASAN_OPTIONS"] = "detect_leaks=1:fast_unwind_on_malloc=0"
-ENV["LSAN_OPTIONS"] = "suppressions=" + os.path.join(HERE, "..", "dist", "lsan.supp")
+sys.path.insert(0, os.path.join(HERE, "..", "e2e"))
+import serve_cases as sc  # noqa: E402  the e2e suite's cluster helper (start, health wait, stop, sanitizer checks)
+
+STORIES = sc.STORIES
+ENV = sc.ENV
+free_port = sc.free_port
 LOOM, BENCH = sys.argv[1], sys.argv[2]
+sc.LOOM = os.path.abspath(LOOM)
 TMP = tempfile.mkdtemp(prefix="loom-servebench-")
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Cluster:
-    """mpirun -n 2 loom serve (one coordinator, one worker), waited on until healthy; stopped with SIGTERM."""
+class Cluster(sc.Cluster):
+    """mpirun -n 2 loom serve on stories260K (one coordinator, one worker). On
+    exit it also fails on a rank that died on a signal or called MPI_Abort."""
 
     def __init__(self, extra=()):
-        self.endpoint = f"tcp://127.0.0.1:{free_port()}"
-        self.log = open(os.path.join(TMP, f"serve-{time.time_ns()}.log"), "w+")
-        self.proc = subprocess.Popen(["mpirun", "-n", "2", LOOM, "serve", "--model", STORIES, "--tp", "1", "--pp", "1",
-                                      "--listen", self.endpoint, *extra], stdout=self.log, stderr=subprocess.STDOUT,
-                                     env=ENV, start_new_session=True)
-        try:
-            p = subprocess.run([LOOM, "client", "--endpoint", self.endpoint, "--health", "--wait", "60"],
-                               capture_output=True, text=True, timeout=90, env=ENV)
-        except subprocess.TimeoutExpired:
-            p = None
-        if p is None or p.returncode != 0:
-            self.stop()
-            raise AssertionError(f"cluster did not become healthy: {p and p.stderr}\n{self.output()}")
-
-    def output(self):
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()
-
-    def stop(self, timeout=20):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-                raise AssertionError(f"mpirun did not exit within {timeout} s of SIGTERM\n{self.output()}")
-        return self.proc.returncode
-
-    def __enter__(self):
-        return self
+        super().__init__(STORIES, 1, 1, tuple(extra))
 
     def __exit__(self, *exc):
-        self.stop()
+        super().__exit__(*exc)
         out = self.output()
-        for bad in ("AddressSanitizer", "LeakSanitizer", "runtime error:", "exited on signal", "MPI_ABORT"):
+        for bad in ("exited on signal", "MPI_ABORT"):
             assert bad not in out, out
 
 
