@@ -14,28 +14,9 @@
 
 #include "../../kernels/cuda/ops_cuda.h"
 #include "../../kernels/ops.h"
+#include "cuda_test.h"
 
 static int failures, cases;
-
-#define CUDA_CHECK(expr)                                                              \
-    do {                                                                              \
-        cudaError_t e_ = (expr);                                                      \
-        if (e_ != cudaSuccess) {                                                      \
-            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr,             \
-                    cudaGetErrorString(e_));                                          \
-            exit(1);                                                                  \
-        }                                                                             \
-    } while (0)
-
-#define OP_CHECK(expr)                                                                \
-    do {                                                                              \
-        int s_ = (expr);                                                              \
-        if (s_ != 0) {                                                                \
-            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr,             \
-                    cudaGetErrorString((cudaError_t)s_));                             \
-            exit(1);                                                                  \
-        }                                                                             \
-    } while (0)
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
 static uint32_t rnd_u32(void)
@@ -45,13 +26,6 @@ static uint32_t rnd_u32(void)
 }
 static float rnd(void) { return (float)rnd_u32() / 4294967296.0f * 2.0f - 1.0f; }
 static int rnd_int(int lo, int hi) { return lo + (int)(rnd_u32() % (uint32_t)(hi - lo + 1)); }
-
-static void *xmalloc(size_t n)
-{
-    void *p = malloc(n ? n : 1);
-    if (!p) { fprintf(stderr, "out of memory\n"); exit(1); }
-    return p;
-}
 
 /* Stores f as dt at dst[i]; returns the value actually stored, widened. */
 static float store(void *dst, loom_dtype dt, int64_t i, float f)
@@ -429,13 +403,7 @@ static void bad_args(void)
 
 int main(void)
 {
-    int count = 0;
-    cudaError_t e = cudaGetDeviceCount(&count);
-    if (e != cudaSuccess || count == 0) {
-        printf("SKIP: no CUDA device (%s); the ops suite needs the GPU machine\n",
-               e != cudaSuccess ? cudaGetErrorString(e) : "0 devices");
-        return 77;
-    }
+    if (cuda_test_skip_without_device()) return 77;
     struct cudaDeviceProp prop;
     CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
     printf("device: %s, %d SMs\n", prop.name, prop.multiProcessorCount);

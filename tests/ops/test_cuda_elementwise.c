@@ -16,29 +16,9 @@
 
 #include "../../kernels/cuda/ops_cuda.h"
 #include "../../kernels/ops.h"
+#include "cuda_test.h"
 
 static int failures;
-
-#define CUDA_CHECK(expr)                                                              \
-    do {                                                                              \
-        cudaError_t e_ = (expr);                                                      \
-        if (e_ != cudaSuccess) {                                                      \
-            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr,             \
-                    cudaGetErrorString(e_));                                          \
-            exit(1);                                                                  \
-        }                                                                             \
-    } while (0)
-
-/* A loom_cuda_* call: its status, then any asynchronous launch error. */
-#define OP_CHECK(expr)                                                                \
-    do {                                                                              \
-        int st_ = (expr);                                                             \
-        if (st_ != 0) {                                                               \
-            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr,             \
-                    cudaGetErrorString((cudaError_t)st_));                            \
-            exit(1);                                                                  \
-        }                                                                             \
-    } while (0)
 
 static uint64_t rng;
 static float rnd(void) /* uniform in [-1, 1) */
@@ -47,13 +27,6 @@ static float rnd(void) /* uniform in [-1, 1) */
     return (float)(uint32_t)(rng >> 32) / 4294967296.0f * 2.0f - 1.0f;
 }
 static uint32_t rndu(uint32_t n) { rnd(); return (uint32_t)((rng >> 32) % n); }
-
-static void *xmalloc(size_t n)
-{
-    void *p = malloc(n ? n : 1);
-    if (!p) { fprintf(stderr, "out of memory\n"); exit(1); }
-    return p;
-}
 
 /* Stores f as dt at dst[i]; returns the value actually stored, widened. */
 static float store(void *dst, loom_dtype dt, int64_t i, float f)
@@ -417,13 +390,7 @@ static void time_op(int op, int64_t n)
 
 int main(void)
 {
-    int count = 0;
-    cudaError_t e = cudaGetDeviceCount(&count);
-    if (e != cudaSuccess || count == 0) {
-        printf("SKIP: no CUDA device (%s); the ops suite needs the GPU machine\n",
-               e != cudaSuccess ? cudaGetErrorString(e) : "0 devices");
-        return 77;
-    }
+    if (cuda_test_skip_without_device()) return 77;
     const char *seed_env = getenv("LOOM_TEST_SEED");
     uint64_t seed = seed_env ? strtoull(seed_env, NULL, 10) : (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
     rng = seed ? seed : 1;

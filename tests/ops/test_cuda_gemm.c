@@ -15,31 +15,15 @@
 
 #include "../../kernels/cuda/ops_cuda.h"
 #include "../../kernels/ops.h"
+#include "cuda_test.h"
 
 static int failures;
-
-#define CUDA_CHECK(expr)                                                              \
-    do {                                                                              \
-        cudaError_t e_ = (expr);                                                      \
-        if (e_ != cudaSuccess) {                                                      \
-            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr,             \
-                    cudaGetErrorString(e_));                                          \
-            exit(1);                                                                  \
-        }                                                                             \
-    } while (0)
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
 static float rnd(void)
 {
     rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
     return (float)(uint32_t)(rng >> 32) / 4294967296.0f * 2.0f - 1.0f;
-}
-
-static void *xmalloc(size_t n)
-{
-    void *p = malloc(n ? n : 1);
-    if (!p) { fprintf(stderr, "out of memory\n"); exit(1); }
-    return p;
 }
 
 static uint16_t round_to(loom_dtype dt, float f)
@@ -259,13 +243,7 @@ static double time_gemm(loom_cuda_gemm *g, loom_dtype dt, int64_t n, int64_t in_
 
 int main(void)
 {
-    int count = 0;
-    cudaError_t e = cudaGetDeviceCount(&count);
-    if (e != cudaSuccess || count == 0) {
-        printf("SKIP: no CUDA device (%s); the ops suite needs the GPU machine\n",
-               e != cudaSuccess ? cudaGetErrorString(e) : "0 devices");
-        return 77;
-    }
+    if (cuda_test_skip_without_device()) return 77;
     char err[256];
     loom_cuda_gemm *g = loom_cuda_gemm_create((size_t)32 << 20, err, sizeof err);
     if (!g) { fprintf(stderr, "%s\n", err); return 1; }

@@ -18,18 +18,9 @@
 
 #include "../../kernels/cuda/ops_cuda.h"
 #include "../../worker/sampler.c" /* the CPU sampler itself (its statics included) */
+#include "cuda_test.h"
 
 static int failures;
-
-#define CUDA_CHECK(expr)                                                              \
-    do {                                                                              \
-        cudaError_t e_ = (expr);                                                      \
-        if (e_ != cudaSuccess) {                                                      \
-            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr,             \
-                    cudaGetErrorString(e_));                                          \
-            exit(1);                                                                  \
-        }                                                                             \
-    } while (0)
 
 static uint64_t rng;
 static float rnd(void) /* uniform in [-1, 1) */
@@ -43,13 +34,6 @@ static float rnorm(void)
     float u = 0.5f * (rnd() + 1.0f), v = 0.5f * (rnd() + 1.0f);
     if (u < 1e-7f) u = 1e-7f;
     return sqrtf(-2.0f * logf(u)) * cosf(6.2831853f * v);
-}
-
-static void *xmalloc(size_t n)
-{
-    void *p = malloc(n ? n : 1);
-    if (!p) { fprintf(stderr, "out of memory\n"); exit(1); }
-    return p;
 }
 
 static void verdict(int ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -490,13 +474,7 @@ static void time_sampling(int64_t R, const char *what, float T, int32_t k, float
 
 int main(void)
 {
-    int count = 0;
-    cudaError_t e = cudaGetDeviceCount(&count);
-    if (e != cudaSuccess || count == 0) {
-        printf("SKIP: no CUDA device (%s); the ops suite needs the GPU machine\n",
-               e != cudaSuccess ? cudaGetErrorString(e) : "0 devices");
-        return 77;
-    }
+    if (cuda_test_skip_without_device()) return 77;
     const char *seed_env = getenv("LOOM_TEST_SEED");
     uint64_t seed = seed_env ? strtoull(seed_env, NULL, 10) : (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
     rng = seed ? seed : 1;

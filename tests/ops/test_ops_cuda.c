@@ -11,31 +11,15 @@
 
 #include "../../kernels/cuda/rmsnorm.h"
 #include "../../kernels/ops.h"
+#include "cuda_test.h"
 
 static int failures;
-
-#define CUDA_CHECK(expr)                                                              \
-    do {                                                                              \
-        cudaError_t e_ = (expr);                                                      \
-        if (e_ != cudaSuccess) {                                                      \
-            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr,             \
-                    cudaGetErrorString(e_));                                          \
-            exit(1);                                                                  \
-        }                                                                             \
-    } while (0)
 
 static uint64_t rng = 0x243f6a8885a308d3ull;
 static float rnd(void)
 {
     rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
     return (float)(uint32_t)(rng >> 32) / 4294967296.0f * 2.0f - 1.0f;
-}
-
-static void *xmalloc(size_t n)
-{
-    void *p = malloc(n ? n : 1);
-    if (!p) { fprintf(stderr, "out of memory\n"); exit(1); }
-    return p;
 }
 
 /* Stores f as dt at dst[i]; returns the value actually stored, widened. */
@@ -125,13 +109,7 @@ static void time_one(loom_dtype act, int64_t n, int64_t dim)
 
 int main(void)
 {
-    int count = 0;
-    cudaError_t e = cudaGetDeviceCount(&count);
-    if (e != cudaSuccess || count == 0) {
-        printf("SKIP: no CUDA device (%s); the ops suite needs the GPU machine\n",
-               e != cudaSuccess ? cudaGetErrorString(e) : "0 devices");
-        return 77;
-    }
+    if (cuda_test_skip_without_device()) return 77;
     const loom_dtype dts[] = {LOOM_F32, LOOM_F16, LOOM_BF16};
     const double tols[] = {1e-5, 2e-3, 1e-2};
     const int64_t rows[] = {1, 37, 2049};
