@@ -14,7 +14,7 @@ static const struct {
     {"run", loom_cmd_run, "one-shot generation from a prompt"},
     {"convert", loom_cmd_convert, "split a Hugging Face checkpoint into per-rank files"},
     {"serve", loom_cmd_serve, "run the cluster (under mpirun or srun)"},
-    {"bench", loom_cmd_bench, "benchmark static batches on one GPU against measured floors"},
+    {"bench", loom_cmd_bench, "benchmark static batches on one or more GPUs (--tp/--pp under mpirun) against measured floors"},
     {"client", loom_cmd_client, "query a running cluster (protobuf over ZeroMQ)"},
 };
 
