@@ -91,6 +91,8 @@ struct loom_server {
     loom_block_manager *bm;
     int64_t kv_blocks, tokens_per_block;
     int64_t admit_counter;
+    const loom_req *blocked_head; /* the queue's head when it last did not fit, */
+    int64_t blocked_room, blocked_cached; /* with this much room and these cached blocks */
     /* stats */
     int64_t preemptions, refused, completed;
     int64_t timed_steps;
@@ -363,6 +365,7 @@ static void cancel(loom_server *s, const uint8_t *ident, size_t ident_len, const
     if (wi >= 0) {
         memmove(s->waiting + wi, s->waiting + wi + 1, (size_t)(s->n_waiting - wi - 1) * sizeof *s->waiting);
         s->n_waiting--;
+        if (s->blocked_head == r) s->blocked_head = NULL; /* its address may come back with another request */
         req_free(r);
     }
 }
@@ -511,12 +514,24 @@ static int64_t pending_blocks(const loom_server *s)
  * checked that). */
 static bool fits_now(loom_server *s, loom_req *r, int64_t slot, int64_t pending, bool anyone_running, loom_err *err)
 {
+    /* The same head as last time, with no more room and no newly cached blocks
+     * it could match: it still does not fit (and seating it would allocate). */
+    loom_block_manager_stats bs;
+    loom_block_manager_stats_get(s->bm, &bs);
+    const int64_t room = loom_block_manager_available(s->bm) - pending;
+    if (anyone_running && r == s->blocked_head && room <= s->blocked_room && bs.cached_total == s->blocked_cached) return false;
     if (seat(s, r, slot, err) != LOOM_OK) return false;
     int64_t need = loom_block_manager_blocks_needed(s->bm, slot, known_len(r) - r->fed);
-    if (!anyone_running || need + pending <= loom_block_manager_available(s->bm)) return true;
+    if (!anyone_running || need + pending <= loom_block_manager_available(s->bm)) {
+        s->blocked_head = NULL;
+        return true;
+    }
     loom_block_manager_free(s->bm, slot, err); /* not yet: give its matched blocks back */
     r->has_blocks = false;
     r->state = REQ_WAITING;
+    s->blocked_head = r;
+    s->blocked_room = room;
+    s->blocked_cached = bs.cached_total;
     return false;
 }
 
