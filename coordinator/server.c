@@ -29,7 +29,7 @@
 typedef enum { REQ_WAITING, REQ_RUNNING, REQ_DONE } req_state;
 
 /* A request's tokens are one array: the prompt, then what it generated
- * (prompt = toks, out = toks + n_prompt). "Known" tokens = n_prompt + n_out;
+ * (out = toks + n_prompt). "Known" tokens = n_prompt + n_out;
  * `fed` of them have been planned (their KV is written or being written). A
  * sequence feeds known[fed..) and samples when the chunk reaches the end. */
 
@@ -38,8 +38,7 @@ typedef struct loom_req {
     uint8_t ident[MAX_IDENT];    /* the client's ROUTER identity */
     size_t ident_len;
     bool stream;
-    int32_t *toks;               /* (n_prompt + max_new) */
-    int32_t *prompt;             /* = toks */
+    int32_t *toks;               /* (n_prompt + max_new): the prompt, then out */
     int64_t n_prompt;
     int64_t max_new;
     loom_sampling_params sp;
@@ -49,7 +48,6 @@ typedef struct loom_req {
     int64_t n_out;
     loom_textstream ts;
     int64_t fed;                 /* known tokens planned so far */
-    int64_t fed_at_start;        /* tokens already cached when (re)admitted */
     int64_t slot;
     int64_t admit_order;         /* increasing per (re)admission: preemption takes the latest */
     bool fresh;                  /* the next plan starts its slot afresh */
@@ -187,7 +185,7 @@ static bool send_chunk(loom_server *s, loom_req *r, int64_t from, Loom__FinishRe
         u.completion_tokens = (int32_t)r->n_out;
         c.usage = &u;
         c.n_prompt_ids = (size_t)r->n_prompt;
-        c.prompt_ids = r->prompt;
+        c.prompt_ids = r->toks;
     }
     Loom__Envelope env = LOOM__ENVELOPE__INIT;
     env.body_case = LOOM__ENVELOPE__BODY_CHUNK;
@@ -314,11 +312,10 @@ static loom_status admit(loom_server *s, const uint8_t *ident, size_t ident_len,
     }
     memcpy(r->toks, encoded ? encoded : g->prompt_ids, (size_t)r->n_prompt * sizeof *r->toks);
     free(encoded);
-    r->prompt = r->toks;
     r->out = r->toks + r->n_prompt;
     for (int64_t i = 0; i < r->n_prompt; i++)
-        if (r->prompt[i] < 0 || r->prompt[i] >= s->cfg.vocab_size) {
-            st = loom_err_set(err, LOOM_EINVAL, "prompt token id %d is outside the vocabulary [0, %lld)", r->prompt[i], (long long)s->cfg.vocab_size);
+        if (r->toks[i] < 0 || r->toks[i] >= s->cfg.vocab_size) {
+            st = loom_err_set(err, LOOM_EINVAL, "prompt token id %d is outside the vocabulary [0, %lld)", r->toks[i], (long long)s->cfg.vocab_size);
             goto fail;
         }
     if (r->n_prompt + r->max_new > s->o.max_seq_len) {
@@ -488,7 +485,7 @@ static loom_status seat(loom_server *s, loom_req *r, int64_t slot, loom_err *err
     }
     r->slot = slot;
     r->has_blocks = true;
-    r->fed = r->fed_at_start = cached;
+    r->fed = cached;
     r->fresh = true;
     r->admit_order = ++s->admit_counter;
     r->state = REQ_RUNNING;
@@ -611,8 +608,8 @@ static void admit_inflight(loom_server *s)
     }
 }
 
-/* Preempts r: its blocks go back now (full prompt blocks stay cached with
- * reuse on), and it waits at the front of the queue to be recomputed from its
+/* Preempts r: its blocks go back now (its full blocks stay cached with reuse
+ * on), and it waits at the front of the queue to be recomputed from its
  * prompt and the tokens it already streamed. Only requests whose micro-batch
  * has no plan in flight are preempted, so no result can name them. */
 static void preempt(loom_server *s, loom_req *r)
