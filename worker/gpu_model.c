@@ -156,7 +156,10 @@ static void prof_mark(loom_gpu_model *m, int op)
     p->op[p->n++] = op;
 }
 
-#define PROF(op)                                                                   do {                                                                               if (m->prof && m->prof->live) prof_mark(m, op);                            } while (0)
+#define PROF(op)                                                               \
+    do {                                                                       \
+        if (m->prof && m->prof->live) prof_mark(m, op);                        \
+    } while (0)
 
 /* After the step's stream sync: adds the step's op times to its row. */
 static void prof_end(loom_gpu_model *m, int64_t T, int graph, double wall_ms)
