@@ -63,7 +63,7 @@ void loom_kv_cache_bind(loom_kv_cache *kv, loom_kv_pool *pool, const int32_t *ta
     assert(kv && pool && !kv->own_pool);
     assert(n_table >= 0 && (table || n_table == 0));
     assert(len >= 0 && len <= n_table * pool->tokens_per_block);
-    for (int64_t i = 0; i < n_table; i++) assert(table[i] >= 0 && table[i] < pool->n_blocks);
+    /* table entries: validated by the caller (the serving worker checks every plan), not again per step */
     kv->n_layers = pool->n_layers;
     kv->n_kv_heads = pool->n_kv_heads;
     kv->head_dim = pool->head_dim;

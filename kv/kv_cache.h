@@ -88,8 +88,8 @@ int64_t loom_kv_cache_bytes(int64_t n_layers, int64_t max_seq, int64_t n_kv_head
  * (never a cache from loom_kv_cache_create); rebinding allocates nothing and
  * keeps no state from the previous binding. The table is borrowed, not
  * copied: it must stay valid and unchanged while kv is used. The caller has
- * validated 0 <= table[i] < pool->n_blocks and 0 <= len <= n_table * B
- * (asserted here). */
+ * validated 0 <= table[i] < pool->n_blocks (not checked again here) and
+ * 0 <= len <= n_table * B (asserted). */
 void loom_kv_cache_bind(loom_kv_cache *kv, loom_kv_pool *pool, const int32_t *table, int64_t n_table,
                         int64_t len);
 

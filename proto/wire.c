@@ -206,7 +206,7 @@ loom_wire_arena *loom_wire_arena_create(size_t bytes, loom_err *err)
 void loom_wire_arena_destroy(loom_wire_arena *a)
 {
     if (!a) return;
-    arena_reset(a);
+    for (int i = 0; i < a->n_extra; i++) free(a->extra[i]);
     free(a->buf);
     free(a);
 }
