@@ -340,6 +340,8 @@ def bad_convert_bench_serve_flags():
         assert p.returncode == 0, p.stderr
         expect_error(run("convert", "--model", out, "--out", os.path.join(tmp, "again")), "already a converted")
     for args, needle in ((["--batch-size", "x"], "--batch-size"), (["--input-output-len", "128"], "IN,OUT"),
+                         (["--input-output-len", "x+32,2"], "--input-output-len"), (["--input-output-len", "0+32,2"], "--input-output-len"),
+                         (["--input-output-len", "1024+,2"], "--input-output-len"),
                          (["--model", STORIES], "exactly one"), (["--dtype", "fp8"], "--dtype"), (["--multi-block", "maybe"], "--multi-block")):
         expect_error(run("bench", "--dummy-weights", "llama-7b", *args), needle, usage=True)
     # valid flags on a machine without a GPU (CI): a clear refusal, not a crash
