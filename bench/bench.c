@@ -50,6 +50,11 @@ static const char *const nccl_env[] = {
     "NCCL_P2P_DISABLE", "NCCL_SHM_DISABLE", "NCCL_NVLS_ENABLE", "NCCL_IB_DISABLE", "NCCL_P2P_LEVEL", "NCCL_ALGO", "NCCL_PROTO",
 };
 
+/* loom's own switches of the GPU path; the JSON records them likewise. */
+static const char *const loom_env[] = {
+    "LOOM_CUDA_GRAPHS", "LOOM_CUDA_GRAPHS_PARTITIONED", "LOOM_GEMV", "LOOM_FUSED_DECODE", "LOOM_FUSED_ROPE", "LOOM_PDL", "LOOM_PDL_TRIGGER", "LOOM_GEMV_BLOCKS_PER_SM", "LOOM_GEMM_TUNE",
+};
+
 /* How the multi-GPU floors are computed (also written into the JSON). */
 #define DECODE_FLOOR_MODEL                                                                                                     \
     "sum over pipeline stages of the max over the stage's TP ranks of (the rank's weight bytes a step reads + its KV bytes "   \
@@ -683,6 +688,10 @@ int loom_cmd_bench(int argc, char **argv)
         json_t *j = json_object();
         json_object_set_new(j, "model", json_string(a.dummy ? a.dummy : a.model));
         json_object_set_new(j, "dtype", json_string(loom_dtype_name(go.act)));
+        json_t *jv = json_object();
+        for (size_t i = 0; i < sizeof loom_env / sizeof loom_env[0]; i++)
+            json_object_set_new(jv, loom_env[i], getenv(loom_env[i]) ? json_string(getenv(loom_env[i])) : json_null());
+        json_object_set_new(j, "loom_env", jv);
         if (!multi) {
             json_object_set_new(j, "copy_bandwidth_bytes_per_s", json_real(bw));
             json_object_set_new(j, "matmul_flops_per_s", json_real(rate));

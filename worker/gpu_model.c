@@ -82,6 +82,7 @@ struct loom_gpu_model {
     bool external;               /* tables come from loom_gpu_seq_bind, not the free list */
     /* activations (device) */
     void *x, *xn, *qkv, *att, *o_out, *gu, *h, *mlp, *last, *logits_act;
+    void *x2;                    /* the residual's second buffer for the fused one-token step (H) */
     float *logits;
     void *attn_scratch, *samp_scratch;
     size_t attn_scratch_bytes, samp_scratch_bytes;
@@ -103,6 +104,8 @@ struct loom_gpu_model {
     int use_graphs;
     int graphs_partitioned;      /* decode graphs also for TP ranks and pipeline stages (NCCL captured) */
     int use_gemv;   /* LOOM_GEMV=0 turns the decode GEMV off (cuBLASLt for everything) */
+    int use_fused;  /* LOOM_FUSED_DECODE=0 turns the fused one-token step off */
+    int fused_rope; /* LOOM_FUSED_ROPE=0: RoPE + KV append as their own kernel in that step */
     /* this partition: local heads, kv heads, MLP width, layers [l0, l0 + nl), vocab rows */
     int64_t nh, nkv, inter, nl, l0;
     int64_t vl, vrows;          /* padded vocab slice per TP rank, rows this rank holds */
@@ -311,6 +314,10 @@ static loom_status init_common(loom_gpu_model *m, const loom_config *cfg, const 
     m->graphs_partitioned = !(gp && !strcmp(gp, "0"));
     const char *gv = getenv("LOOM_GEMV");
     m->use_gemv = !(gv && !strcmp(gv, "0"));
+    const char *fu = getenv("LOOM_FUSED_DECODE");
+    m->use_fused = m->use_gemv && !(fu && !strcmp(fu, "0"));
+    const char *fr = getenv("LOOM_FUSED_ROPE");
+    m->fused_rope = !(fr && !strcmp(fr, "0"));
     const char *pe = getenv("LOOM_GPU_PROFILE");
     if (pe && *pe && strcmp(pe, "0")) {
         m->prof = calloc(1, sizeof *m->prof);
@@ -326,6 +333,8 @@ static loom_status init_common(loom_gpu_model *m, const loom_config *cfg, const 
     if (o->device >= n_dev) return loom_err_set(err, LOOM_EINVAL, "CUDA device %d does not exist (%d present)", o->device, n_dev);
     if (o->device >= 0) CUDA_TRY(cudaSetDevice(o->device), "set device"); /* else: the caller's current device */
     CUDA_TRY(cudaStreamCreateWithFlags(&m->stream, cudaStreamNonBlocking), "stream create");
+    const char *pdl = getenv("LOOM_PDL");
+    loom_cuda_set_pdl(!(pdl && !strcmp(pdl, "0")));
     if (cfg->head_dim > 256)
         return loom_err_set(err, LOOM_EUNSUPPORTED, "the CUDA attention kernels support head_dim up to 256 (this model has %lld)", (long long)cfg->head_dim);
     char msg[256] = "";
@@ -396,7 +405,7 @@ static loom_status alloc_runtime(loom_gpu_model *m, loom_err *err)
         {&m->att, (size_t)(T * QD) * es},    {&m->o_out, (size_t)(T * H) * es},       {&m->gu, (size_t)(T * 2 * I) * es},
         {&m->h, (size_t)(T * I) * es},       {&m->mlp, (size_t)(T * H) * es},         {&m->last, (size_t)(S * H) * es},
         {&m->logits_act, (size_t)(S * m->vl) * es}, {(void **)&m->logits, (size_t)(S * V) * 4},
-        {&m->gathered, (size_t)(m->tp * S * m->vl) * es},
+        {&m->gathered, (size_t)(m->tp * S * m->vl) * es}, {&m->x2, (size_t)H * es},
     };
     for (size_t i = 0; i < sizeof acts / sizeof acts[0]; i++) {
         LOOM_CHECK(dalloc(m, acts[i].p, acts[i].bytes, "activations", err));
@@ -705,6 +714,78 @@ static int linear(loom_gpu_model *m, void *y, const void *x, const void *w, cons
     return loom_cuda_gemm_run(m->gemm, y, x, w, b, m->o.act, n, in, out, st);
 }
 
+/* Whether a step of one token runs the fused kernels: the norms, the residual
+ * adds and SiLU*mul inside the GEMVs (loom_cuda_gemv1), RoPE and the KV
+ * append in the QKV GEMV's epilogue. Five kernels a layer instead of ten. */
+static bool fused_step(const loom_gpu_model *m, int64_t T)
+{
+    const loom_config *c = &m->cfg;
+    const loom_dtype a = m->o.act;
+    const gpu_layer *L = &m->layers[0];
+    return m->use_fused && T == 1 && m->nl > 0 && loom_cuda_gemv1_ok(a, c->hidden_size, m->x, L->w_qkv) &&
+           loom_cuda_gemv1_ok(a, m->nh * c->head_dim, m->att, L->w_o) && loom_cuda_gemv1_ok(a, m->inter, m->gu, L->w_down) &&
+           (!m->is_last || loom_cuda_gemv1_ok(a, c->hidden_size, m->x, m->lm_head));
+}
+
+/* The layers of a one-token step, fused. The residual alternates between
+ * m->x and m->x2: the QKV GEMV adds the last layer's MLP output to m->x into
+ * m->x2 and normalizes it, the gate/up GEMV adds the attention output back
+ * into m->x; so, as after the unfused layers, the residual is in m->x and
+ * the last MLP output in m->mlp, not yet added. */
+static loom_status fused_layers(loom_gpu_model *m, int64_t S, int64_t T, int64_t max_ctx, loom_err *err)
+{
+    const loom_config *c = &m->cfg;
+    const loom_gpu_opts *o = &m->o;
+    const int64_t B = o->tokens_per_block, maxb = m->max_blocks_per_seq;
+    const int64_t H = c->hidden_size, I = m->inter, hd = c->head_dim;
+    const int64_t QD = m->nh * hd, KD = m->nkv * hd, QKV = QD + 2 * KD;
+    const float eps = c->rms_norm_eps, scale = 1.0f / sqrtf((float)hd);
+    const loom_gpu_dist *d = m->dist;
+    cudaStream_t st = m->stream;
+    for (int64_t l = 0; l < m->nl; l++) {
+        gpu_layer *L = &m->layers[l];
+        const loom_gemv_pre pre_attn = {LOOM_GEMV_ADD_RMSNORM, l ? m->mlp : NULL, m->x2, L->attn_norm, eps};
+        if (m->fused_rope) {
+            const loom_gemv_rope rope = {m->d_pos, m->d_slots, m->inv_freq, L->pool, m->nh, m->nkv, hd, B};
+            CUDA_TRY(loom_cuda_gemv1_rope(m->qkv, m->x, L->w_qkv, L->b_qkv, o->act, H, &pre_attn, &rope, st), "norm + qkv gemv + rope");
+            PROF(P_QKV);
+        } else {
+            CUDA_TRY(loom_cuda_gemv1(m->qkv, m->x, L->w_qkv, L->b_qkv, o->act, H, QKV, &pre_attn, st), "norm + qkv gemv");
+            PROF(P_QKV);
+            CUDA_TRY(loom_cuda_rope_kv_append(m->qkv, QKV, o->act, m->d_pos, m->d_slots, T, m->nh, m->nkv, hd, m->inv_freq, L->pool, B, st),
+                     "rope + kv append");
+            PROF(P_ROPE);
+        }
+        if (hd == 64 || hd == 128)
+            CUDA_TRY(loom_cuda_attention(m->att, m->qkv, QKV, L->pool, o->act, m->d_qstart, m->d_ctx, m->d_bt, maxb, S, T, max_ctx, m->nh,
+                                         m->nkv, hd, B, c->layer_window[m->l0 + l], scale, o->multi_block, m->attn_scratch,
+                                         m->attn_scratch_bytes, st),
+                     "attention");
+        else
+            CUDA_TRY(loom_cuda_attention_generic(m->att, m->qkv, QKV, L->pool, o->act, m->d_qstart, m->d_ctx, m->d_bt, maxb, S, T, m->nh,
+                                                 m->nkv, hd, B, c->layer_window[m->l0 + l], scale, st),
+                     "attention");
+        PROF(P_ATTN);
+        CUDA_TRY(loom_cuda_gemv1(m->o_out, m->att, L->w_o, L->b_o, o->act, QD, H, NULL, st), "o gemv");
+        PROF(P_O);
+        if (m->tp > 1) {
+            CUDA_TRY(d->allreduce(d->ctx, m->o_out, T * H, o->act, st), "all-reduce");
+            PROF(P_COMM);
+        }
+        const loom_gemv_pre pre_mlp = {LOOM_GEMV_ADD_RMSNORM, m->o_out, m->x, L->mlp_norm, eps};
+        CUDA_TRY(loom_cuda_gemv1(m->gu, m->x2, L->w_gu, L->b_gu, o->act, H, 2 * I, &pre_mlp, st), "norm + gate/up gemv");
+        PROF(P_GU);
+        const loom_gemv_pre pre_down = {LOOM_GEMV_SILU_MUL, NULL, NULL, NULL, 0.0f};
+        CUDA_TRY(loom_cuda_gemv1(m->mlp, m->gu, L->w_down, L->b_down, o->act, I, H, &pre_down, st), "silu*mul + down gemv");
+        PROF(P_DOWN);
+        if (m->tp > 1) {
+            CUDA_TRY(d->allreduce(d->ctx, m->mlp, T * H, o->act, st), "all-reduce");
+            PROF(P_COMM);
+        }
+    }
+    return LOOM_OK;
+}
+
 /* Enqueues one step on the stream: the staging upload, the layers, lm_head,
  * sampling and the ids download. The same sequence is captured as a graph. */
 static loom_status launch_step(loom_gpu_model *m, int64_t S, int64_t T, int64_t max_ctx, size_t used, loom_err *err)
@@ -728,7 +809,9 @@ static loom_status launch_step(loom_gpu_model *m, int64_t S, int64_t T, int64_t 
         PROF(P_COMM);
     }
     const float scale = 1.0f / sqrtf((float)hd);
-    for (int64_t l = 0; l < m->nl; l++) {
+    const bool fused = fused_step(m, T);
+    if (fused) LOOM_CHECK(fused_layers(m, S, T, max_ctx, err));
+    for (int64_t l = 0; !fused && l < m->nl; l++) {
         gpu_layer *L = &m->layers[l];
         CUDA_TRY(loom_cuda_add_rmsnorm(m->x, l ? m->mlp : NULL, m->xn, o->act, L->attn_norm, o->act, T, H, c->rms_norm_eps, st), "rmsnorm");
         PROF(P_NORM);
@@ -775,11 +858,18 @@ static loom_status launch_step(loom_gpu_model *m, int64_t S, int64_t T, int64_t 
         PROF(P_COMM);
         return LOOM_OK;
     }
-    CUDA_TRY(loom_cuda_add_rmsnorm(m->x, m->mlp, m->xn, o->act, m->final_norm, o->act, T, H, c->rms_norm_eps, st), "final norm");
-    PROF(P_NORM);
-    CUDA_TRY(loom_gpu_gather_rows(m->last, m->xn, o->act, m->d_last, S, H, st), "gather");
-    CUDA_TRY(linear(m, m->logits_act, m->last, m->lm_head, NULL, S, H, m->vl, st), "lm_head gemm");
-    PROF(P_LM_HEAD);
+    if (fused) {
+        /* one token: it is the last row; the final norm runs inside lm_head's GEMV */
+        const loom_gemv_pre pre = {LOOM_GEMV_ADD_RMSNORM, m->mlp, NULL, m->final_norm, c->rms_norm_eps};
+        CUDA_TRY(loom_cuda_gemv1(m->logits_act, m->x, m->lm_head, NULL, o->act, H, m->vl, &pre, st), "final norm + lm_head gemv");
+        PROF(P_LM_HEAD);
+    } else {
+        CUDA_TRY(loom_cuda_add_rmsnorm(m->x, m->mlp, m->xn, o->act, m->final_norm, o->act, T, H, c->rms_norm_eps, st), "final norm");
+        PROF(P_NORM);
+        CUDA_TRY(loom_gpu_gather_rows(m->last, m->xn, o->act, m->d_last, S, H, st), "gather");
+        CUDA_TRY(linear(m, m->logits_act, m->last, m->lm_head, NULL, S, H, m->vl, st), "lm_head gemm");
+        PROF(P_LM_HEAD);
+    }
     if (m->tp > 1) {
         CUDA_TRY(d->allgather(d->ctx, m->logits_act, m->gathered, S * m->vl, o->act, st), "all-gather");
         PROF(P_COMM);

@@ -23,6 +23,7 @@
 #include <cstring>
 
 #include "ops_cuda.h"
+#include "pdl.cuh"
 
 namespace {
 
@@ -203,8 +204,12 @@ __device__ void attend_tile(const Params &p, int s, int g, int rt, int sp, unsig
     const int lo = p.window > 0 ? max(0, min_p - p.window + 1) : 0;
     int kb = lo, ke = max_p + 1; /* keys this block visits: [kb, ke) */
     if (p.part_o) {
-        kb = lo + sp * p.chunk;
-        if (sp < p.n_splits - 1) ke = min(ke, kb + p.chunk); /* the last split takes any rest */
+        /* chunk 0 (decode): this sequence's keys in equal whole tiles over the
+         * splits, so a graph captured for the longest context still spreads a
+         * short one over all its splits */
+        const int chunk = p.chunk > 0 ? p.chunk : max(BN, (((ke - lo + p.n_splits - 1) / p.n_splits + BN - 1) / BN) * BN);
+        kb = lo + sp * chunk;
+        if (sp < p.n_splits - 1) ke = min(ke, kb + chunk); /* the last split takes any rest */
         if (kb >= ke) { /* nothing visible in this split: an empty partial */
             for (int r = tid; r < S::M; r += kThreads) {
                 const int R = r0 + r;
@@ -582,6 +587,7 @@ template <typename T, int D>
 __global__ void __launch_bounds__(kThreads) decode_kernel(Params p)
 {
     extern __shared__ __align__(16) unsigned char smem[];
+    pdl_wait(); /* launched with PDL in a decode step: q and the pool come from the kernel before */
     const int s = blockIdx.z;
     const int g = blockIdx.y / p.rt_grid, rt0 = blockIdx.y % p.rt_grid;
     const int rows = (p.q_start[s + 1] - p.q_start[s]) * p.group;
@@ -603,6 +609,7 @@ __global__ void __launch_bounds__(kReduceWarps * 32)
     reduce_kernel(T *out, const float *part_o, const float *part_lse, int n_splits)
 {
     constexpr int V = D / 32; /* dims per lane */
+    pdl_wait();
     __shared__ float s_max[kReduceWarps], s_sum[kReduceWarps];
     __shared__ float s_acc[kReduceWarps][D];
     const int64_t row = blockIdx.x;
@@ -772,9 +779,8 @@ int64_t choose_split(Params &p, int64_t want, int64_t span, int64_t rows, int D,
 
 template <typename T, int D> cudaError_t launch_reduce(const Params &p, int64_t n_tokens, cudaStream_t st)
 {
-    reduce_kernel<T, D><<<(unsigned)(n_tokens * p.n_heads), kReduceWarps * 32, 0, st>>>(static_cast<T *>(p.out), p.part_o,
-                                                                         p.part_lse, p.n_splits);
-    return cudaGetLastError();
+    return pdl_launch(reduce_kernel<T, D>, dim3((unsigned)(n_tokens * p.n_heads)), dim3(kReduceWarps * 32), 0, st, static_cast<T *>(p.out),
+                      (const float *)p.part_o, (const float *)p.part_lse, (int)p.n_splits);
 }
 
 /* Prefill-shaped batches. Their row tiles alone fill the machine unless the
@@ -830,8 +836,7 @@ cudaError_t launch(Params p, int64_t n_tokens, int64_t max_ctx, int multi, void 
     }
     if (multi && !scratch) return cudaErrorInvalidValue;
     if (!multi) {
-        decode_kernel<T, D><<<dim3(1, p.n_kv_heads * p.rt_grid, p.n_seqs), kThreads, S::smem, st>>>(p);
-        return cudaGetLastError();
+        return pdl_launch(decode_kernel<T, D>, dim3(1, p.n_kv_heads * p.rt_grid, p.n_seqs), dim3(kThreads), S::smem, st, p);
     }
     /* Enough blocks to fill the machine, each with at least kSplitMinKeys keys. */
     const int64_t by_ctx = cdiv(span > 0 ? span : 1, kSplitMinKeys);
@@ -840,8 +845,8 @@ cudaError_t launch(Params p, int64_t n_tokens, int64_t max_ctx, int multi, void 
     if (multi == 1 && splits < kSplitForced) splits = by_ctx < kSplitForced ? by_ctx : kSplitForced;
     if (multi == 1 && split_bytes(n_tokens * p.n_heads, splits, D) > scratch_bytes) return cudaErrorInvalidValue;
     splits = choose_split(p, splits, span, n_tokens * p.n_heads, D, scratch, scratch_bytes);
-    decode_kernel<T, D><<<dim3((unsigned)splits, p.n_kv_heads * p.rt_grid, p.n_seqs), kThreads, S::smem, st>>>(p);
-    e = cudaGetLastError();
+    p.chunk = 0; /* each sequence splits its own keys (attend_tile) */
+    e = pdl_launch(decode_kernel<T, D>, dim3((unsigned)splits, p.n_kv_heads * p.rt_grid, p.n_seqs), dim3(kThreads), S::smem, st, p);
     if (e != cudaSuccess || splits == 1) return e;
     return launch_reduce<T, D>(p, n_tokens, st);
 }

@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "ops_cuda.h"
+#include "pdl.cuh"
 
 namespace {
 
@@ -306,6 +307,78 @@ cudaError_t rope_launch(void *q, int64_t q_stride, void *k, int64_t k_stride, co
     return cudaGetLastError();
 }
 
+/* ---- RoPE + KV append (one decode kernel) --------------------------------- */
+
+/* grid (n), one token per block, threads as rope_kernel's plus a copy of v:
+ * q heads rotate in place; k heads are read from the row and written rotated
+ * straight into the token's pool slot, v is copied there. */
+template <typename TA, int V>
+__global__ void rope_append_kernel(TA *qkv, int64_t stride, const int32_t *pos, const int32_t *slots, int64_t n_heads,
+                                   int64_t n_kv_heads, int64_t head_dim, const float *inv_freq, TA *pool,
+                                   int64_t tokens_per_block)
+{
+    pdl_wait();
+    const int64_t half = head_dim / 2, B = tokens_per_block;
+    const int chunks = (int)(half / V);
+    const int c = threadIdx.x % chunks, lane = threadIdx.x / chunks, lanes = blockDim.x / chunks;
+    TA *row = qkv + (int64_t)blockIdx.x * stride;
+    const int32_t slot = slots[blockIdx.x];
+    const int64_t half_elems = B * head_dim * n_kv_heads;
+    TA *kdst = slot >= 0 ? pool + (slot / B) * 2 * half_elems + (slot % B) * head_dim : nullptr;
+    if (lane < lanes) {
+        const float p = (float)pos[blockIdx.x];
+        float cs[V], sn[V];
+#pragma unroll
+        for (int i = 0; i < V; i++) sincosf(__fmul_rn(p, inv_freq[c * V + i]), &sn[i], &cs[i]);
+        for (int64_t h = lane; h < n_heads + n_kv_heads; h += lanes) {
+            const TA *src = row + h * head_dim + (int64_t)c * V; /* k heads follow the q heads in the row */
+            TA *dst = h < n_heads ? row + h * head_dim + (int64_t)c * V
+                                  : (kdst ? kdst + (h - n_heads) * B * head_dim + (int64_t)c * V : nullptr);
+            if (!dst) continue;
+            float a[V], b[V];
+            loadv<V>(src, a);
+            loadv<V>(src + half, b);
+#pragma unroll
+            for (int i = 0; i < V; i++) {
+                const float ai = a[i], bi = b[i];
+                a[i] = ai * cs[i] - bi * sn[i];
+                b[i] = bi * cs[i] + ai * sn[i];
+            }
+            storev<V>(dst, a);
+            storev<V>(dst + half, b);
+        }
+    }
+    if (!kdst) return;
+    const TA *v = row + (n_heads + n_kv_heads) * head_dim;
+    TA *vdst = kdst + half_elems;
+    for (int64_t e = (int64_t)threadIdx.x * V; e < n_kv_heads * head_dim; e += (int64_t)blockDim.x * V) {
+        const int64_t h = e / head_dim, d = e % head_dim; /* V divides head_dim */
+        float f[V];
+        loadv<V>(v + e, f);
+        storev<V>(vdst + h * B * head_dim + d, f);
+    }
+}
+
+template <typename TA>
+cudaError_t rope_append_launch(void *qkv, int64_t stride, const int32_t *pos, const int32_t *slots, int64_t n, int64_t n_heads,
+                               int64_t n_kv_heads, int64_t head_dim, const float *inv_freq, void *pool, int64_t B, cudaStream_t s)
+{
+    const int64_t half = head_dim / 2, es = sizeof(TA);
+    const bool vec = half % 8 == 0 && aligned16(qkv) && aligned16(pool) && (stride * es) % 16 == 0;
+    const int64_t chunks = vec ? half / 8 : half;
+    if (chunks > kMaxThreads) return cudaErrorInvalidValue;
+    int64_t lanes = n_heads + n_kv_heads, cap = 256 / chunks;
+    if (cap < 1) cap = 1;
+    if (lanes > cap) lanes = cap;
+    const int threads = (int)(chunks * lanes);
+    TA *q = static_cast<TA *>(qkv), *pl = static_cast<TA *>(pool);
+    if (vec)
+        return pdl_launch(rope_append_kernel<TA, 8>, dim3((unsigned)n), dim3(threads), 0, s, q, stride, pos, slots, n_heads, n_kv_heads,
+                          head_dim, inv_freq, pl, B);
+    return pdl_launch(rope_append_kernel<TA, 1>, dim3((unsigned)n), dim3(threads), 0, s, q, stride, pos, slots, n_heads, n_kv_heads,
+                      head_dim, inv_freq, pl, B);
+}
+
 /* ---- SiLU(gate) * up ------------------------------------------------------ */
 
 /* grid (column blocks, row groups): rows step by gridDim.y so any n fits. */
@@ -427,6 +500,27 @@ extern "C" int loom_cuda_rope(void *q, int64_t q_stride, void *k, int64_t k_stri
     case LOOM_F32: return (int)rope_launch<float>(q, q_stride, k, k_stride, pos, n, n_heads, n_kv_heads, head_dim, inv_freq, s);
     case LOOM_F16: return (int)rope_launch<__half>(q, q_stride, k, k_stride, pos, n, n_heads, n_kv_heads, head_dim, inv_freq, s);
     case LOOM_BF16: return (int)rope_launch<__nv_bfloat16>(q, q_stride, k, k_stride, pos, n, n_heads, n_kv_heads, head_dim, inv_freq, s);
+    default: return (int)cudaErrorInvalidValue;
+    }
+}
+
+extern "C" int loom_cuda_rope_kv_append(void *qkv, int64_t stride, loom_dtype act, const int32_t *pos, const int32_t *slot_mapping,
+                                        int64_t n, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, const float *inv_freq,
+                                        void *pool, int64_t tokens_per_block, void *stream)
+{
+    if (n < 0 || n > 0x7fffffff || n_heads < 1 || n_kv_heads < 1 || head_dim <= 0 || head_dim % 2 || tokens_per_block < 1)
+        return (int)cudaErrorInvalidValue;
+    if (n == 0) return (int)cudaSuccess;
+    if (!qkv || !pos || !slot_mapping || !inv_freq || !pool || stride < (n_heads + 2 * n_kv_heads) * head_dim)
+        return (int)cudaErrorInvalidValue;
+    cudaStream_t s = static_cast<cudaStream_t>(stream);
+    switch (act) {
+    case LOOM_F16:
+        return (int)rope_append_launch<__half>(qkv, stride, pos, slot_mapping, n, n_heads, n_kv_heads, head_dim, inv_freq, pool,
+                                               tokens_per_block, s);
+    case LOOM_BF16:
+        return (int)rope_append_launch<__nv_bfloat16>(qkv, stride, pos, slot_mapping, n, n_heads, n_kv_heads, head_dim, inv_freq, pool,
+                                                      tokens_per_block, s);
     default: return (int)cudaErrorInvalidValue;
     }
 }

@@ -9,6 +9,10 @@
 #include <cuda_runtime.h>
 
 #include "ops_cuda.h"
+#include "pdl.cuh"
+
+#include <stdlib.h>
+#include <string.h>
 
 #define ROWS_PER_BLOCK 4
 
@@ -116,6 +120,347 @@ extern "C" int loom_cuda_gemv(void *y, const void *x, const void *w, const void 
     cudaStream_t st = (cudaStream_t)stream;
     if (act == LOOM_F16) return launch<__half, __half2>(y, x, w, bias, (int)n, (int)in_dim, (int)out_dim, st);
     return launch<__nv_bfloat16, __nv_bfloat162>(y, x, w, bias, (int)n, (int)in_dim, (int)out_dim, st);
+}
+
+/* ---- one row, fused prologue (loom_cuda_gemv1) ----
+ * A grid of at most two blocks per SM of G1_WARPS warps; warp k of the grid
+ * takes rows k, k + warps, ... Each block first builds the prologue's vector
+ * in shared memory (x, x + delta normalized, or silu(gate) * up), so the
+ * rows read it from there; W streams with G1_UNROLL 16-byte loads in flight
+ * per lane. (Prefetching the start of each warp's first row into L2 before the
+ * prologue, and loading it into registers there, both measured slower on an
+ * H200: bench/results/2026-11-21-h200-decode-fused.md.) */
+#define G1_WARPS 8
+#define G1_UNROLL 8
+
+struct Gemv1Args {
+    void *y;
+    const void *x, *delta, *gamma, *w, *bias;
+    void *x_out;
+    int in, out;
+    int trigger;           /* PDL: 0 none (at exit), 1 after the wait, 2 after the rows */
+    int items;             /* work items: out rows, or (ROPE) row pairs of q/k plus v rows */
+    float eps;
+    /* ROPE: the one token's position and pool slot, the pool, the shape */
+    const int32_t *pos, *slot;
+    const float *inv_freq;
+    void *pool;
+    int n_heads, n_kv_heads, head_dim, tokens_per_block;
+    int64_t half_elems; /* elements of a block's K (or V) half */
+};
+
+template <typename P> __device__ __forceinline__ P pack2(float a, float b);
+template <> __device__ __forceinline__ __half2 pack2<__half2>(float a, float b) { return __floats2half2_rn(a, b); }
+template <> __device__ __forceinline__ __nv_bfloat162 pack2<__nv_bfloat162>(float a, float b) { return __floats2bfloat162_rn(a, b); }
+
+/* Sum over the block, to every thread (blockDim.x == 32 * G1_WARPS). */
+__device__ __forceinline__ float g1_block_sum(float v)
+{
+    __shared__ float part[G1_WARPS];
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = v;
+    __syncthreads();
+    float t = 0.0f;
+#pragma unroll
+    for (int k = 0; k < G1_WARPS; k++) t += part[k];
+    return t;
+}
+
+/* The dot product of W's row wr with the staged vector xs (n8 16-byte
+ * chunks), reduced over the warp (every lane gets it). */
+template <typename P>
+__device__ __forceinline__ float row_dot(const uint4 *__restrict__ wr, const uint4 *xs, int n8, int lane)
+{
+    float acc = 0.0f;
+    int i = lane;
+    for (; i + 32 * (G1_UNROLL - 1) < n8; i += 32 * G1_UNROLL) {
+        uint4 wv[G1_UNROLL];
+#pragma unroll
+        for (int u = 0; u < G1_UNROLL; u++) wv[u] = __ldcs(wr + i + 32 * u);
+#pragma unroll
+        for (int u = 0; u < G1_UNROLL; u++) {
+            const uint4 xv = xs[i + 32 * u];
+            const P *wp = reinterpret_cast<const P *>(&wv[u]), *xp = reinterpret_cast<const P *>(&xv);
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                const float2 p = to_f2<P>(wp[k]), q = to_f2<P>(xp[k]);
+                acc += p.x * q.x + p.y * q.y;
+            }
+        }
+    }
+    for (; i < n8; i += 32) {
+        const uint4 wv = __ldcs(wr + i), xv = xs[i];
+        const P *wp = reinterpret_cast<const P *>(&wv), *xp = reinterpret_cast<const P *>(&xv);
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const float2 p = to_f2<P>(wp[k]), q = to_f2<P>(xp[k]);
+            acc += p.x * q.x + p.y * q.y;
+        }
+    }
+    for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    return acc;
+}
+
+/* Work item -> W row(s). Plain: item = row. ROPE: items first cover the q
+ * and k heads in rotate_half pairs (row r and r + head_dim / 2 of one head,
+ * one warp computing both), then the v rows one each. */
+struct RowPair {
+    int r1, r2, head, i; /* r2 < 0: a single row */
+};
+template <bool ROPE> __device__ __forceinline__ RowPair item_rows(const Gemv1Args &a, int item)
+{
+    if (!ROPE) return {item, -1, 0, 0};
+    const int half = a.head_dim / 2, pairs = (a.n_heads + a.n_kv_heads) * half;
+    if (item < pairs) {
+        const int h = item / half, i = item % half, r = h * a.head_dim + i;
+        return {r, r + half, h, i};
+    }
+    return {pairs * 2 + (item - pairs), -1, -1, 0};
+}
+
+template <typename S, typename P, int MODE, bool ROPE>
+__global__ void __launch_bounds__(32 * G1_WARPS, 4) gemv1_kernel(Gemv1Args a)
+{
+    extern __shared__ uint4 xs[]; /* the prologue's vector, in / 8 chunks */
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, n8 = a.in / 8;
+    const S *w = static_cast<const S *>(a.w);
+    const int item0 = blockIdx.x * G1_WARPS + warp, istep = gridDim.x * G1_WARPS;
+    pdl_wait(); /* from here on, what the kernel before wrote is visible */
+    if (a.trigger == 1) pdl_trigger();
+    const uint4 *x = static_cast<const uint4 *>(a.x);
+    if (MODE == LOOM_GEMV_PLAIN) {
+        for (int i = threadIdx.x; i < n8; i += blockDim.x) xs[i] = x[i];
+    } else if (MODE == LOOM_GEMV_ADD_RMSNORM) {
+        const uint4 *d = static_cast<const uint4 *>(a.delta), *g = static_cast<const uint4 *>(a.gamma);
+        uint4 *xo = blockIdx.x == 0 ? static_cast<uint4 *>(a.x_out) : nullptr;
+        float ss = 0.0f;
+        for (int i = threadIdx.x; i < n8; i += blockDim.x) {
+            uint4 v = x[i];
+            P *vp = reinterpret_cast<P *>(&v);
+            if (d) {
+                const uint4 dv = d[i];
+                const P *dp = reinterpret_cast<const P *>(&dv);
+#pragma unroll
+                for (int k = 0; k < 4; k++) {
+                    const float2 f = to_f2<P>(vp[k]), e = to_f2<P>(dp[k]);
+                    vp[k] = pack2<P>(f.x + e.x, f.y + e.y); /* rounded once, as the residual add */
+                }
+            }
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                const float2 f = to_f2<P>(vp[k]);
+                ss += f.x * f.x;
+                ss += f.y * f.y;
+            }
+            xs[i] = v;
+            if (xo) xo[i] = v;
+        }
+        const float r = rsqrtf(g1_block_sum(ss) / (float)a.in + a.eps);
+        for (int i = threadIdx.x; i < n8; i += blockDim.x) {
+            uint4 v = xs[i];
+            const uint4 gv = g[i];
+            P *vp = reinterpret_cast<P *>(&v);
+            const P *gp = reinterpret_cast<const P *>(&gv);
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                const float2 f = to_f2<P>(vp[k]), e = to_f2<P>(gp[k]);
+                vp[k] = pack2<P>(e.x * (f.x * r), e.y * (f.y * r));
+            }
+            xs[i] = v;
+        }
+    } else { /* LOOM_GEMV_SILU_MUL: x = [gate | up] */
+        for (int i = threadIdx.x; i < n8; i += blockDim.x) {
+            const uint4 gv = x[i], uv = x[n8 + i];
+            uint4 v;
+            const P *gp = reinterpret_cast<const P *>(&gv), *up = reinterpret_cast<const P *>(&uv);
+            P *vp = reinterpret_cast<P *>(&v);
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                const float2 f = to_f2<P>(gp[k]), e = to_f2<P>(up[k]);
+                vp[k] = pack2<P>(f.x / (1.0f + expf(-f.x)) * e.x, f.y / (1.0f + expf(-f.y)) * e.y); /* HF: act_fn(gate) * up */
+            }
+            xs[i] = v;
+        }
+    }
+    __syncthreads();
+    const S *bias = static_cast<const S *>(a.bias);
+    S *y = static_cast<S *>(a.y);
+    S *kdst = nullptr; /* ROPE: the token's slot in the K half of its block, head 0 */
+    if (ROPE) {
+        const int32_t slot = a.slot[0];
+        if (slot >= 0)
+            kdst = static_cast<S *>(a.pool) + (int64_t)(slot / a.tokens_per_block) * 2 * a.half_elems +
+                   (int64_t)(slot % a.tokens_per_block) * a.head_dim;
+    }
+    for (int item = item0; item < a.items; item += istep) {
+        const RowPair rp = item_rows<ROPE>(a, item);
+        const float d1 = row_dot<P>(reinterpret_cast<const uint4 *>(w + (size_t)rp.r1 * a.in), xs, n8, lane);
+        const S v1 = from_f<S>(d1 + (bias ? s_to_f<S>(bias[rp.r1]) : 0.0f)); /* rounded as the GEMM's output */
+        if (!ROPE || rp.r2 < 0) {
+            if (lane == 0) {
+                y[rp.r1] = v1;
+                if (ROPE && rp.head < 0 && kdst) { /* a v row: into the pool's V half */
+                    const int e = rp.r1 - (a.n_heads + a.n_kv_heads) * a.head_dim, h = e / a.head_dim, dd = e % a.head_dim;
+                    kdst[a.half_elems + (int64_t)h * a.tokens_per_block * a.head_dim + dd] = v1;
+                }
+            }
+            continue;
+        }
+        const float d2 = row_dot<P>(reinterpret_cast<const uint4 *>(w + (size_t)rp.r2 * a.in), xs, n8, lane);
+        const S v2 = from_f<S>(d2 + (bias ? s_to_f<S>(bias[rp.r2]) : 0.0f));
+        if (lane == 0) {
+            float sn, cs;
+            sincosf(__fmul_rn((float)a.pos[0], a.inv_freq[rp.i]), &sn, &cs);
+            const float f1 = s_to_f<S>(v1), f2 = s_to_f<S>(v2);
+            const S o1 = from_f<S>(f1 * cs - f2 * sn), o2 = from_f<S>(f2 * cs + f1 * sn);
+            if (rp.head < a.n_heads) { /* q: rotated in place */
+                y[rp.r1] = o1;
+                y[rp.r2] = o2;
+            } else { /* k: as it was in y, rotated into the pool's K half */
+                y[rp.r1] = v1;
+                y[rp.r2] = v2;
+                if (kdst) {
+                    S *kd = kdst + (int64_t)(rp.head - a.n_heads) * a.tokens_per_block * a.head_dim;
+                    kd[rp.i] = o1;
+                    kd[rp.i + a.head_dim / 2] = o2;
+                }
+            }
+        }
+    }
+    if (a.trigger == 2) pdl_trigger();
+}
+
+#define G1_MAX_SMEM (96 << 10)
+#define G1_MAX_DEVICES 16
+
+#define G1_KERNELS(S, P)                                                                                                           \
+    (const void *)gemv1_kernel<S, P, 0, false>, (const void *)gemv1_kernel<S, P, 1, false>, (const void *)gemv1_kernel<S, P, 2, false>, \
+        (const void *)gemv1_kernel<S, P, 0, true>, (const void *)gemv1_kernel<S, P, 1, true>
+
+/* SMs and the raised shared-memory limit, once per device. */
+static int g1_device_setup(int *sms)
+{
+    static int cached_sms[G1_MAX_DEVICES];
+    int dev = 0;
+    cudaError_t e = cudaGetDevice(&dev);
+    if (e != cudaSuccess) return (int)e;
+    if (dev >= 0 && dev < G1_MAX_DEVICES && cached_sms[dev]) {
+        *sms = cached_sms[dev];
+        return 0;
+    }
+    int n = 0;
+    if ((e = cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev)) != cudaSuccess) return (int)e;
+    const void *kernels[] = {G1_KERNELS(__half, __half2), G1_KERNELS(__nv_bfloat16, __nv_bfloat162)};
+    for (const void *k : kernels)
+        if ((e = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, G1_MAX_SMEM)) != cudaSuccess) return (int)e;
+    if (dev >= 0 && dev < G1_MAX_DEVICES) cached_sms[dev] = n;
+    *sms = n;
+    return 0;
+}
+
+/* An integer tuning knob from the environment, clamped to [lo, hi]. */
+static int env_knob(const char *name, int dflt, int lo, int hi)
+{
+    const char *e = getenv(name);
+    long v = e && *e ? strtol(e, NULL, 10) : dflt;
+    return v < lo ? lo : v > hi ? hi : (int)v;
+}
+
+template <typename S, typename P>
+static int launch1(const Gemv1Args &a, int mode, bool rope, int sms, cudaStream_t st)
+{
+    /* Blocks per SM (LOOM_GEMV_BLOCKS_PER_SM, default 2) and where a PDL
+     * launch lets the next kernel start (LOOM_PDL_TRIGGER: 0 at exit, 1 after
+     * the wait (default), 2 after the rows), read once. */
+    static int bps = -1, trigger = -1;
+    if (bps < 0) {
+        bps = env_knob("LOOM_GEMV_BLOCKS_PER_SM", 2, 1, 4);
+        trigger = env_knob("LOOM_PDL_TRIGGER", 1, 0, 2);
+    }
+    Gemv1Args b = a;
+    b.trigger = trigger;
+    int blocks = (b.items + G1_WARPS - 1) / G1_WARPS;
+    if (blocks > bps * sms) blocks = bps * sms;
+    const size_t smem = (size_t)b.in * sizeof(S);
+    const dim3 grid((unsigned)blocks), block(32 * G1_WARPS);
+    if (rope) {
+        if (mode == LOOM_GEMV_PLAIN) return (int)pdl_launch(gemv1_kernel<S, P, 0, true>, grid, block, smem, st, b);
+        return (int)pdl_launch(gemv1_kernel<S, P, 1, true>, grid, block, smem, st, b);
+    }
+    if (mode == LOOM_GEMV_PLAIN) return (int)pdl_launch(gemv1_kernel<S, P, 0, false>, grid, block, smem, st, b);
+    if (mode == LOOM_GEMV_ADD_RMSNORM) return (int)pdl_launch(gemv1_kernel<S, P, 1, false>, grid, block, smem, st, b);
+    return (int)pdl_launch(gemv1_kernel<S, P, 2, false>, grid, block, smem, st, b);
+}
+
+extern "C" int loom_cuda_gemv1_ok(loom_dtype act, int64_t in_dim, const void *x, const void *w)
+{
+    return (act == LOOM_F16 || act == LOOM_BF16) && in_dim >= 8 && in_dim % 8 == 0 && in_dim * 2 <= G1_MAX_SMEM && ((uintptr_t)x & 15) == 0 &&
+           ((uintptr_t)w & 15) == 0;
+}
+
+/* Checks the call and fills the arguments common to both entry points. */
+static int g1_args(Gemv1Args *a, void *y, const void *x, const void *w, const void *bias, loom_dtype act, int64_t in_dim, int64_t out_dim,
+                   const loom_gemv_pre *pre)
+{
+    const int mode = pre ? (int)pre->kind : LOOM_GEMV_PLAIN;
+    if (!loom_cuda_gemv1_ok(act, in_dim, x, w) || !y || out_dim < 1 || out_dim > (1 << 30) || mode < 0 || mode > 2)
+        return (int)cudaErrorInvalidValue;
+    if (mode == LOOM_GEMV_ADD_RMSNORM &&
+        (!pre->gamma || ((uintptr_t)pre->gamma & 15) || ((uintptr_t)pre->delta & 15) || ((uintptr_t)pre->x_out & 15) || pre->x_out == x))
+        return (int)cudaErrorInvalidValue;
+    memset(a, 0, sizeof *a);
+    a->y = y;
+    a->x = x;
+    a->w = w;
+    a->bias = bias;
+    a->delta = mode == LOOM_GEMV_ADD_RMSNORM ? pre->delta : nullptr;
+    a->gamma = mode == LOOM_GEMV_ADD_RMSNORM ? pre->gamma : nullptr;
+    a->x_out = mode == LOOM_GEMV_ADD_RMSNORM ? pre->x_out : nullptr;
+    a->eps = mode == LOOM_GEMV_ADD_RMSNORM ? pre->eps : 0.0f;
+    a->in = (int)in_dim;
+    a->out = a->items = (int)out_dim;
+    return 0;
+}
+
+extern "C" int loom_cuda_gemv1(void *y, const void *x, const void *w, const void *bias, loom_dtype act, int64_t in_dim, int64_t out_dim,
+                               const loom_gemv_pre *pre, void *stream)
+{
+    Gemv1Args a;
+    int rc = g1_args(&a, y, x, w, bias, act, in_dim, out_dim, pre);
+    int sms = 0;
+    if (rc || (rc = g1_device_setup(&sms))) return rc;
+    const int mode = pre ? (int)pre->kind : LOOM_GEMV_PLAIN;
+    cudaStream_t st = (cudaStream_t)stream;
+    if (act == LOOM_F16) return launch1<__half, __half2>(a, mode, false, sms, st);
+    return launch1<__nv_bfloat16, __nv_bfloat162>(a, mode, false, sms, st);
+}
+
+extern "C" int loom_cuda_gemv1_rope(void *y, const void *x, const void *w, const void *bias, loom_dtype act, int64_t in_dim,
+                                    const loom_gemv_pre *pre, const loom_gemv_rope *rope, void *stream)
+{
+    if (!rope || !rope->pos || !rope->slot || !rope->inv_freq || !rope->pool || rope->n_heads < 1 || rope->n_kv_heads < 1 ||
+        rope->head_dim < 2 || rope->head_dim % 2 || rope->tokens_per_block < 1 || (pre && pre->kind == LOOM_GEMV_SILU_MUL) ||
+        (rope->n_heads + 2 * rope->n_kv_heads) * rope->head_dim > (1 << 30) || rope->tokens_per_block > (1 << 20))
+        return (int)cudaErrorInvalidValue;
+    const int64_t out_dim = (rope->n_heads + 2 * rope->n_kv_heads) * rope->head_dim;
+    Gemv1Args a;
+    int rc = g1_args(&a, y, x, w, bias, act, in_dim, out_dim, pre);
+    int sms = 0;
+    if (rc || (rc = g1_device_setup(&sms))) return rc;
+    a.items = (int)((rope->n_heads + rope->n_kv_heads) * (rope->head_dim / 2) + rope->n_kv_heads * rope->head_dim);
+    a.pos = rope->pos;
+    a.slot = rope->slot;
+    a.inv_freq = rope->inv_freq;
+    a.pool = rope->pool;
+    a.n_heads = (int)rope->n_heads;
+    a.n_kv_heads = (int)rope->n_kv_heads;
+    a.head_dim = (int)rope->head_dim;
+    a.tokens_per_block = (int)rope->tokens_per_block;
+    a.half_elems = rope->tokens_per_block * rope->head_dim * rope->n_kv_heads;
+    const int mode = pre ? (int)pre->kind : LOOM_GEMV_PLAIN;
+    cudaStream_t st = (cudaStream_t)stream;
+    if (act == LOOM_F16) return launch1<__half, __half2>(a, mode, true, sms, st);
+    return launch1<__nv_bfloat16, __nv_bfloat162>(a, mode, true, sms, st);
 }
 
 /* Reads bytes of buf (16-byte loads, grid-stride) so that the L2 holds clean

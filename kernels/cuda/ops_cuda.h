@@ -50,6 +50,15 @@ int loom_cuda_rope(void *q, int64_t q_stride, void *k, int64_t k_stride, loom_dt
                    const int32_t *pos, int64_t n, int64_t n_heads, int64_t n_kv_heads,
                    int64_t head_dim, const float *inv_freq, void *stream);
 
+/* RoPE and the KV append of a decode step in one kernel: qkv (n, stride)
+ * holds [q (n_heads * head_dim) | k (n_kv_heads * head_dim) | v (same)] per
+ * token. q is rotated in place (as loom_cuda_rope); k is rotated and written,
+ * with v, into the paged pool at slot_mapping[t] (as loom_cuda_kv_append; -1
+ * skips the token's append). k in qkv is left as it was. */
+int loom_cuda_rope_kv_append(void *qkv, int64_t stride, loom_dtype act, const int32_t *pos, const int32_t *slot_mapping, int64_t n,
+                             int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, const float *inv_freq, void *pool,
+                             int64_t tokens_per_block, void *stream);
+
 /* Gated MLP activation on the fused gate/up GEMM output:
  * gate_up (n, 2 * inter) holds [gate | up] per row; out (n, inter) =
  * silu(gate) * up, in act. out may not alias gate_up. */
@@ -100,6 +109,67 @@ int loom_cuda_gemv_ok(loom_dtype act, int64_t n, int64_t in_dim, const void *x, 
  * stream over W (one warp per output row). */
 int loom_cuda_gemv(void *y, const void *x, const void *w, const void *bias, loom_dtype act, int64_t n, int64_t in_dim,
                    int64_t out_dim, void *stream);
+
+/* ---- one-row decode kernels with fused prologues (kernels/cuda/gemv.cu) ----
+ * For a batch of one token, what sits between two GEMVs (the residual add and
+ * RMSNorm before QKV and gate/up, SiLU*mul before down) runs inside the next
+ * GEMV: every thread block computes the prologue's vector into shared memory
+ * (it is small against W), then streams its rows of W. With programmatic
+ * dependent launch (loom_cuda_set_pdl) a GEMV also pulls the first bytes of
+ * its rows into L2 before it waits for the kernel before it. */
+
+typedef enum {
+    LOOM_GEMV_PLAIN = 0,       /* y = x @ W^T (+ bias) */
+    LOOM_GEMV_ADD_RMSNORM = 1, /* r = x + delta (rounded to act); x_out = r;
+                                * y = (r * rsqrt(mean(r^2) + eps) * gamma) @ W^T (+ bias),
+                                * the normalized vector rounded to act first */
+    LOOM_GEMV_SILU_MUL = 2,    /* x holds 2 * in_dim elements, [gate | up];
+                                * y = (silu(gate) * up, rounded to act) @ W^T (+ bias) */
+} loom_gemv_prologue;
+
+typedef struct {
+    loom_gemv_prologue kind;
+    const void *delta; /* ADD_RMSNORM: in_dim elements added to x; NULL adds nothing */
+    void *x_out;       /* ADD_RMSNORM: receives r (in_dim); NULL: not stored. Must not alias x or delta */
+    const void *gamma; /* ADD_RMSNORM: the norm weight (in_dim, act) */
+    float eps;
+} loom_gemv_pre;
+
+/* True when loom_cuda_gemv1 handles this call: fp16/bf16, in_dim % 8 == 0,
+ * the prologue's vector fits in shared memory (in_dim * 2 bytes <= 96 KiB),
+ * x and w 16-byte aligned. */
+int loom_cuda_gemv1_ok(loom_dtype act, int64_t in_dim, const void *x, const void *w);
+
+/* One row: y (out_dim) = prologue(x) @ W^T (+ bias), W (out_dim, in_dim), all
+ * in act, fp32 accumulation. pre NULL means LOOM_GEMV_PLAIN. y must not alias
+ * x, delta or x_out. The prologue rounds as the unfused ops do (add_rmsnorm,
+ * silu_mul); the dot products accumulate per lane as loom_cuda_gemv's. */
+int loom_cuda_gemv1(void *y, const void *x, const void *w, const void *bias, loom_dtype act, int64_t in_dim, int64_t out_dim,
+                    const loom_gemv_pre *pre, void *stream);
+
+/* The token's RoPE and KV append, done in the QKV GEMV's epilogue. */
+typedef struct {
+    const int32_t *pos, *slot; /* device: the token's position and pool slot (block * B + offset; -1 skips the append) */
+    const float *inv_freq;     /* device: head_dim / 2, as loom_cuda_rope's */
+    void *pool;                /* the layer's paged pool (layout above) */
+    int64_t n_heads, n_kv_heads, head_dim, tokens_per_block;
+} loom_gemv_rope;
+
+/* loom_cuda_gemv1 for one token's fused QKV projection followed by
+ * loom_cuda_rope_kv_append: out_dim = (n_heads + 2 * n_kv_heads) * head_dim;
+ * y gets q rotated, k and v as projected; the pool slot gets k rotated and v.
+ * One warp computes both rows of each rotate_half pair. pre: NULL, PLAIN or
+ * ADD_RMSNORM. Rounds as the two unfused ops do. */
+int loom_cuda_gemv1_rope(void *y, const void *x, const void *w, const void *bias, loom_dtype act, int64_t in_dim,
+                         const loom_gemv_pre *pre, const loom_gemv_rope *rope, void *stream);
+
+/* Programmatic dependent launch for the kernels that support it (loom_cuda_gemv1,
+ * loom_cuda_rope_kv_append, decode attention): each may start while the kernel
+ * before it on the stream finishes, and waits for it (griddepcontrol) before it
+ * reads anything that kernel wrote. Process-wide; on only on devices of compute
+ * capability 9.0 or newer. Returns 1 when it is on after the call. Default off. */
+int loom_cuda_set_pdl(int on);
+int loom_cuda_pdl_on(void);
 
 /* Reads bytes of buf (16-byte aligned) on stream, leaving the L2 full of
  * clean lines of it: for timing a kernel on weights that come from DRAM
