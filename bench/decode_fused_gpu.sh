@@ -3,7 +3,7 @@
 # launch against the unfused step, in one run: the CUDA op tests of the fused
 # kernels, the golden fixtures (the fused step runs where the shapes allow it),
 # then `loom bench` on the Llama-2-7B shape at batch 1 under each setting (BENCH_CFGS
-# overrides the list of name:"ENV=..." settings) and
+# overrides the list: "name:VAR=1,VAR2=0 name2: ...") and
 # a per-op profile. Writes logs, JSON and one tarball to $OUT (or ./gpu-out).
 #   bench/decode_fused_gpu.sh BUNDLE [tests] [bench] [profile]   (default: all)
 set -u
@@ -34,11 +34,12 @@ for step in $steps; do
         grep -E "identical|FAIL" "$log/golden_gpu.log" | tail -30
         ;;
     bench)
-        # name:environment; the defaults: fused step with RoPE in the QKV GEMV, PDL on (trigger after the wait), 2 GEMV blocks per SM
-        for cfg in ${BENCH_CFGS:-unfused:"LOOM_FUSED_DECODE=0 LOOM_PDL=0" fused:"" fused-nopdl:"LOOM_PDL=0" fused-rope-kernel:"LOOM_FUSED_ROPE=0" \
-            fused-bps3:"LOOM_GEMV_BLOCKS_PER_SM=3" fused-bps4:"LOOM_GEMV_BLOCKS_PER_SM=4" fused-bps4-rope-kernel:"LOOM_GEMV_BLOCKS_PER_SM=4 LOOM_FUSED_ROPE=0"}; do
+        # name:environment; the defaults: fused step (RoPE in the QKV GEMV, SiLU*mul in the gate/up GEMV),
+        # PDL on (GEMVs trigger after their wait), 2 GEMV blocks per SM
+        for cfg in ${BENCH_CFGS:-unfused:LOOM_FUSED_DECODE=0,LOOM_PDL=0 fused: fused-nopdl:LOOM_PDL=0 fused-noglu:LOOM_FUSED_GLU=0 \
+            fused-rope-kernel:LOOM_FUSED_ROPE=0 fused-attn-trigger:LOOM_PDL_ATTN_TRIGGER=1}; do
             name=${cfg%%:*}
-            envs=${cfg#*:}
+            envs=$(echo "${cfg#*:}" | tr ',' ' ')
             env $envs "$b/loom" bench --dummy-weights llama-7b --batch-size "1" --input-output-len "128,256;2048,256" \
                 --json "$out/bench-$name.json" >"$log/bench-$name.txt" 2>&1 || { echo "FAILED: bench $name"; fail=1; }
             echo "== $name ($envs)"

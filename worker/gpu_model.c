@@ -106,6 +106,7 @@ struct loom_gpu_model {
     int use_gemv;   /* LOOM_GEMV=0 turns the decode GEMV off (cuBLASLt for everything) */
     int use_fused;  /* LOOM_FUSED_DECODE=0 turns the fused one-token step off */
     int fused_rope; /* LOOM_FUSED_ROPE=0: RoPE + KV append as their own kernel in that step */
+    int fused_glu;  /* LOOM_FUSED_GLU=0: SiLU*mul in the down GEMV's prologue, not the gate/up epilogue */
     /* this partition: local heads, kv heads, MLP width, layers [l0, l0 + nl), vocab rows */
     int64_t nh, nkv, inter, nl, l0;
     int64_t vl, vrows;          /* padded vocab slice per TP rank, rows this rank holds */
@@ -318,6 +319,8 @@ static loom_status init_common(loom_gpu_model *m, const loom_config *cfg, const 
     m->use_fused = m->use_gemv && !(fu && !strcmp(fu, "0"));
     const char *fr = getenv("LOOM_FUSED_ROPE");
     m->fused_rope = !(fr && !strcmp(fr, "0"));
+    const char *fg = getenv("LOOM_FUSED_GLU");
+    m->fused_glu = !(fg && !strcmp(fg, "0"));
     const char *pe = getenv("LOOM_GPU_PROFILE");
     if (pe && *pe && strcmp(pe, "0")) {
         m->prof = calloc(1, sizeof *m->prof);
@@ -714,9 +717,10 @@ static int linear(loom_gpu_model *m, void *y, const void *x, const void *w, cons
     return loom_cuda_gemm_run(m->gemm, y, x, w, b, m->o.act, n, in, out, st);
 }
 
-/* Whether a step of one token runs the fused kernels: the norms, the residual
- * adds and SiLU*mul inside the GEMVs (loom_cuda_gemv1), RoPE and the KV
- * append in the QKV GEMV's epilogue. Five kernels a layer instead of ten. */
+/* Whether a step of one token runs the fused kernels: the norms and the
+ * residual adds in the GEMVs' prologues (loom_cuda_gemv1), RoPE and the KV
+ * append in the QKV GEMV's epilogue, SiLU*mul in the gate/up GEMV's. Five
+ * kernels a layer (attention's split reduction aside) instead of ten. */
 static bool fused_step(const loom_gpu_model *m, int64_t T)
 {
     const loom_config *c = &m->cfg;
@@ -773,10 +777,16 @@ static loom_status fused_layers(loom_gpu_model *m, int64_t S, int64_t T, int64_t
             PROF(P_COMM);
         }
         const loom_gemv_pre pre_mlp = {LOOM_GEMV_ADD_RMSNORM, m->o_out, m->x, L->mlp_norm, eps};
-        CUDA_TRY(loom_cuda_gemv1(m->gu, m->x2, L->w_gu, L->b_gu, o->act, H, 2 * I, &pre_mlp, st), "norm + gate/up gemv");
-        PROF(P_GU);
-        const loom_gemv_pre pre_down = {LOOM_GEMV_SILU_MUL, NULL, NULL, NULL, 0.0f};
-        CUDA_TRY(loom_cuda_gemv1(m->mlp, m->gu, L->w_down, L->b_down, o->act, I, H, &pre_down, st), "silu*mul + down gemv");
+        if (m->fused_glu) {
+            CUDA_TRY(loom_cuda_gemv1_glu(m->h, m->x2, L->w_gu, L->b_gu, o->act, H, I, &pre_mlp, st), "norm + gate/up gemv + silu*mul");
+            PROF(P_GU);
+            CUDA_TRY(loom_cuda_gemv1(m->mlp, m->h, L->w_down, L->b_down, o->act, I, H, NULL, st), "down gemv");
+        } else {
+            CUDA_TRY(loom_cuda_gemv1(m->gu, m->x2, L->w_gu, L->b_gu, o->act, H, 2 * I, &pre_mlp, st), "norm + gate/up gemv");
+            PROF(P_GU);
+            const loom_gemv_pre pre_down = {LOOM_GEMV_SILU_MUL, NULL, NULL, NULL, 0.0f};
+            CUDA_TRY(loom_cuda_gemv1(m->mlp, m->gu, L->w_down, L->b_down, o->act, I, H, &pre_down, st), "silu*mul + down gemv");
+        }
         PROF(P_DOWN);
         if (m->tp > 1) {
             CUDA_TRY(d->allreduce(d->ctx, m->mlp, T * H, o->act, st), "all-reduce");

@@ -128,7 +128,7 @@ extern "C" int loom_cuda_gemv(void *y, const void *x, const void *w, const void 
  * in shared memory (x, x + delta normalized, or silu(gate) * up), so the
  * rows read it from there; W streams with G1_UNROLL 16-byte loads in flight
  * per lane. (Prefetching the start of each warp's first row into L2 before the
- * prologue, and loading it into registers there, both measured slower on an
+ * prologue, or loading it into registers there, both measured slower on an
  * H200: bench/results/2026-11-21-h200-decode-fused.md.) */
 #define G1_WARPS 8
 #define G1_UNROLL 8
@@ -166,6 +166,22 @@ __device__ __forceinline__ float g1_block_sum(float v)
     return t;
 }
 
+/* acc += the lane's G1_UNROLL chunks wv (at i, i + 32, ...) . xs. */
+template <typename P>
+__device__ __forceinline__ void dot_chunks(float &acc, const uint4 (&wv)[G1_UNROLL], const uint4 *xs, int i)
+{
+#pragma unroll
+    for (int u = 0; u < G1_UNROLL; u++) {
+        const uint4 xv = xs[i + 32 * u];
+        const P *wp = reinterpret_cast<const P *>(&wv[u]), *xp = reinterpret_cast<const P *>(&xv);
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const float2 p = to_f2<P>(wp[k]), q = to_f2<P>(xp[k]);
+            acc += p.x * q.x + p.y * q.y;
+        }
+    }
+}
+
 /* The dot product of W's row wr with the staged vector xs (n8 16-byte
  * chunks), reduced over the warp (every lane gets it). */
 template <typename P>
@@ -177,16 +193,7 @@ __device__ __forceinline__ float row_dot(const uint4 *__restrict__ wr, const uin
         uint4 wv[G1_UNROLL];
 #pragma unroll
         for (int u = 0; u < G1_UNROLL; u++) wv[u] = __ldcs(wr + i + 32 * u);
-#pragma unroll
-        for (int u = 0; u < G1_UNROLL; u++) {
-            const uint4 xv = xs[i + 32 * u];
-            const P *wp = reinterpret_cast<const P *>(&wv[u]), *xp = reinterpret_cast<const P *>(&xv);
-#pragma unroll
-            for (int k = 0; k < 4; k++) {
-                const float2 p = to_f2<P>(wp[k]), q = to_f2<P>(xp[k]);
-                acc += p.x * q.x + p.y * q.y;
-            }
-        }
+        dot_chunks<P>(acc, wv, xs, i);
     }
     for (; i < n8; i += 32) {
         const uint4 wv = __ldcs(wr + i), xv = xs[i];
@@ -201,15 +208,21 @@ __device__ __forceinline__ float row_dot(const uint4 *__restrict__ wr, const uin
     return acc;
 }
 
+/* Epilogues: the plain store, RoPE + KV append (loom_cuda_gemv1_rope),
+ * SiLU(gate) * up (loom_cuda_gemv1_glu). */
+enum { EPI_STORE = 0, EPI_ROPE = 1, EPI_GLU = 2 };
+
 /* Work item -> W row(s). Plain: item = row. ROPE: items first cover the q
  * and k heads in rotate_half pairs (row r and r + head_dim / 2 of one head,
- * one warp computing both), then the v rows one each. */
+ * one warp computing both), then the v rows one each. GLU: item i is the
+ * pair (gate row i, up row inter + i); a.out = inter. */
 struct RowPair {
     int r1, r2, head, i; /* r2 < 0: a single row */
 };
-template <bool ROPE> __device__ __forceinline__ RowPair item_rows(const Gemv1Args &a, int item)
+template <int EPI> __device__ __forceinline__ RowPair item_rows(const Gemv1Args &a, int item)
 {
-    if (!ROPE) return {item, -1, 0, 0};
+    if (EPI == EPI_STORE) return {item, -1, 0, 0};
+    if (EPI == EPI_GLU) return {item, a.out + item, 0, item};
     const int half = a.head_dim / 2, pairs = (a.n_heads + a.n_kv_heads) * half;
     if (item < pairs) {
         const int h = item / half, i = item % half, r = h * a.head_dim + i;
@@ -218,9 +231,10 @@ template <bool ROPE> __device__ __forceinline__ RowPair item_rows(const Gemv1Arg
     return {pairs * 2 + (item - pairs), -1, -1, 0};
 }
 
-template <typename S, typename P, int MODE, bool ROPE>
+template <typename S, typename P, int MODE, int EPI>
 __global__ void __launch_bounds__(32 * G1_WARPS, 4) gemv1_kernel(Gemv1Args a)
 {
+    constexpr bool ROPE = EPI == EPI_ROPE;
     extern __shared__ uint4 xs[]; /* the prologue's vector, in / 8 chunks */
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, n8 = a.in / 8;
     const S *w = static_cast<const S *>(a.w);
@@ -293,10 +307,10 @@ __global__ void __launch_bounds__(32 * G1_WARPS, 4) gemv1_kernel(Gemv1Args a)
                    (int64_t)(slot % a.tokens_per_block) * a.head_dim;
     }
     for (int item = item0; item < a.items; item += istep) {
-        const RowPair rp = item_rows<ROPE>(a, item);
+        const RowPair rp = item_rows<EPI>(a, item);
         const float d1 = row_dot<P>(reinterpret_cast<const uint4 *>(w + (size_t)rp.r1 * a.in), xs, n8, lane);
         const S v1 = from_f<S>(d1 + (bias ? s_to_f<S>(bias[rp.r1]) : 0.0f)); /* rounded as the GEMM's output */
-        if (!ROPE || rp.r2 < 0) {
+        if (EPI == EPI_STORE || rp.r2 < 0) {
             if (lane == 0) {
                 y[rp.r1] = v1;
                 if (ROPE && rp.head < 0 && kdst) { /* a v row: into the pool's V half */
@@ -308,6 +322,13 @@ __global__ void __launch_bounds__(32 * G1_WARPS, 4) gemv1_kernel(Gemv1Args a)
         }
         const float d2 = row_dot<P>(reinterpret_cast<const uint4 *>(w + (size_t)rp.r2 * a.in), xs, n8, lane);
         const S v2 = from_f<S>(d2 + (bias ? s_to_f<S>(bias[rp.r2]) : 0.0f));
+        if (EPI == EPI_GLU) {
+            if (lane == 0) {
+                const float g = s_to_f<S>(v1), u = s_to_f<S>(v2);
+                y[rp.i] = from_f<S>(g / (1.0f + expf(-g)) * u); /* HF: act_fn(gate) * up */
+            }
+            continue;
+        }
         if (lane == 0) {
             float sn, cs;
             sincosf(__fmul_rn((float)a.pos[0], a.inv_freq[rp.i]), &sn, &cs);
@@ -333,9 +354,11 @@ __global__ void __launch_bounds__(32 * G1_WARPS, 4) gemv1_kernel(Gemv1Args a)
 #define G1_MAX_SMEM (96 << 10)
 #define G1_MAX_DEVICES 16
 
-#define G1_KERNELS(S, P)                                                                                                           \
-    (const void *)gemv1_kernel<S, P, 0, false>, (const void *)gemv1_kernel<S, P, 1, false>, (const void *)gemv1_kernel<S, P, 2, false>, \
-        (const void *)gemv1_kernel<S, P, 0, true>, (const void *)gemv1_kernel<S, P, 1, true>
+#define G1_KERNELS(S, P)                                                                                                          \
+    (const void *)gemv1_kernel<S, P, 0, EPI_STORE>, (const void *)gemv1_kernel<S, P, 1, EPI_STORE>,                              \
+        (const void *)gemv1_kernel<S, P, 2, EPI_STORE>, (const void *)gemv1_kernel<S, P, 0, EPI_ROPE>,                           \
+        (const void *)gemv1_kernel<S, P, 1, EPI_ROPE>, (const void *)gemv1_kernel<S, P, 0, EPI_GLU>,                             \
+        (const void *)gemv1_kernel<S, P, 1, EPI_GLU>
 
 /* SMs and the raised shared-memory limit, once per device. */
 static int g1_device_setup(int *sms)
@@ -366,12 +389,21 @@ static int env_knob(const char *name, int dflt, int lo, int hi)
     return v < lo ? lo : v > hi ? hi : (int)v;
 }
 
-template <typename S, typename P>
-static int launch1(const Gemv1Args &a, int mode, bool rope, int sms, cudaStream_t st)
+template <typename S, typename P, int EPI>
+static int launch_mode(const Gemv1Args &a, int mode, dim3 grid, dim3 block, size_t smem, cudaStream_t st)
 {
-    /* Blocks per SM (LOOM_GEMV_BLOCKS_PER_SM, default 2) and where a PDL
-     * launch lets the next kernel start (LOOM_PDL_TRIGGER: 0 at exit, 1 after
-     * the wait (default), 2 after the rows), read once. */
+    if (mode == LOOM_GEMV_PLAIN) return (int)pdl_launch(gemv1_kernel<S, P, 0, EPI>, grid, block, smem, st, a);
+    if (mode == LOOM_GEMV_ADD_RMSNORM) return (int)pdl_launch(gemv1_kernel<S, P, 1, EPI>, grid, block, smem, st, a);
+    if (EPI == EPI_STORE) return (int)pdl_launch(gemv1_kernel<S, P, 2, EPI_STORE>, grid, block, smem, st, a);
+    return (int)cudaErrorInvalidValue;
+}
+
+template <typename S, typename P>
+static int launch1(const Gemv1Args &a, int mode, int epi, int sms, cudaStream_t st)
+{
+    /* Read once: blocks per SM (LOOM_GEMV_BLOCKS_PER_SM, default 2; 4
+     * measured the same) and where a PDL launch lets the next kernel start
+     * (LOOM_PDL_TRIGGER: 0 at exit, 1 after the wait (default), 2 after the rows). */
     static int bps = -1, trigger = -1;
     if (bps < 0) {
         bps = env_knob("LOOM_GEMV_BLOCKS_PER_SM", 2, 1, 4);
@@ -383,13 +415,9 @@ static int launch1(const Gemv1Args &a, int mode, bool rope, int sms, cudaStream_
     if (blocks > bps * sms) blocks = bps * sms;
     const size_t smem = (size_t)b.in * sizeof(S);
     const dim3 grid((unsigned)blocks), block(32 * G1_WARPS);
-    if (rope) {
-        if (mode == LOOM_GEMV_PLAIN) return (int)pdl_launch(gemv1_kernel<S, P, 0, true>, grid, block, smem, st, b);
-        return (int)pdl_launch(gemv1_kernel<S, P, 1, true>, grid, block, smem, st, b);
-    }
-    if (mode == LOOM_GEMV_PLAIN) return (int)pdl_launch(gemv1_kernel<S, P, 0, false>, grid, block, smem, st, b);
-    if (mode == LOOM_GEMV_ADD_RMSNORM) return (int)pdl_launch(gemv1_kernel<S, P, 1, false>, grid, block, smem, st, b);
-    return (int)pdl_launch(gemv1_kernel<S, P, 2, false>, grid, block, smem, st, b);
+    if (epi == EPI_ROPE) return launch_mode<S, P, EPI_ROPE>(b, mode, grid, block, smem, st);
+    if (epi == EPI_GLU) return launch_mode<S, P, EPI_GLU>(b, mode, grid, block, smem, st);
+    return launch_mode<S, P, EPI_STORE>(b, mode, grid, block, smem, st);
 }
 
 extern "C" int loom_cuda_gemv1_ok(loom_dtype act, int64_t in_dim, const void *x, const void *w)
@@ -431,8 +459,8 @@ extern "C" int loom_cuda_gemv1(void *y, const void *x, const void *w, const void
     if (rc || (rc = g1_device_setup(&sms))) return rc;
     const int mode = pre ? (int)pre->kind : LOOM_GEMV_PLAIN;
     cudaStream_t st = (cudaStream_t)stream;
-    if (act == LOOM_F16) return launch1<__half, __half2>(a, mode, false, sms, st);
-    return launch1<__nv_bfloat16, __nv_bfloat162>(a, mode, false, sms, st);
+    if (act == LOOM_F16) return launch1<__half, __half2>(a, mode, EPI_STORE, sms, st);
+    return launch1<__nv_bfloat16, __nv_bfloat162>(a, mode, EPI_STORE, sms, st);
 }
 
 extern "C" int loom_cuda_gemv1_rope(void *y, const void *x, const void *w, const void *bias, loom_dtype act, int64_t in_dim,
@@ -459,8 +487,22 @@ extern "C" int loom_cuda_gemv1_rope(void *y, const void *x, const void *w, const
     a.half_elems = rope->tokens_per_block * rope->head_dim * rope->n_kv_heads;
     const int mode = pre ? (int)pre->kind : LOOM_GEMV_PLAIN;
     cudaStream_t st = (cudaStream_t)stream;
-    if (act == LOOM_F16) return launch1<__half, __half2>(a, mode, true, sms, st);
-    return launch1<__nv_bfloat16, __nv_bfloat162>(a, mode, true, sms, st);
+    if (act == LOOM_F16) return launch1<__half, __half2>(a, mode, EPI_ROPE, sms, st);
+    return launch1<__nv_bfloat16, __nv_bfloat162>(a, mode, EPI_ROPE, sms, st);
+}
+
+extern "C" int loom_cuda_gemv1_glu(void *y, const void *x, const void *w, const void *bias, loom_dtype act, int64_t in_dim, int64_t inter,
+                                   const loom_gemv_pre *pre, void *stream)
+{
+    if (inter < 1 || inter > (1 << 29) || (pre && pre->kind == LOOM_GEMV_SILU_MUL)) return (int)cudaErrorInvalidValue;
+    Gemv1Args a;
+    int rc = g1_args(&a, y, x, w, bias, act, in_dim, inter, pre); /* out = items = inter: the pairs */
+    int sms = 0;
+    if (rc || (rc = g1_device_setup(&sms))) return rc;
+    const int mode = pre ? (int)pre->kind : LOOM_GEMV_PLAIN;
+    cudaStream_t st = (cudaStream_t)stream;
+    if (act == LOOM_F16) return launch1<__half, __half2>(a, mode, EPI_GLU, sms, st);
+    return launch1<__nv_bfloat16, __nv_bfloat162>(a, mode, EPI_GLU, sms, st);
 }
 
 /* Reads bytes of buf (16-byte loads, grid-stride) so that the L2 holds clean

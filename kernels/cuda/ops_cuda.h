@@ -163,6 +163,14 @@ typedef struct {
 int loom_cuda_gemv1_rope(void *y, const void *x, const void *w, const void *bias, loom_dtype act, int64_t in_dim,
                          const loom_gemv_pre *pre, const loom_gemv_rope *rope, void *stream);
 
+/* loom_cuda_gemv1 for one token's fused gate/up projection followed by
+ * loom_cuda_silu_mul: W is [gate (inter rows) | up (inter rows)] (2 * inter,
+ * in_dim), bias (2 * inter) or NULL; y (inter) = silu(gate) * up, where gate
+ * and up are first rounded to act as the GEMV's output would be. One warp
+ * computes both rows of each pair. pre: NULL, PLAIN or ADD_RMSNORM. */
+int loom_cuda_gemv1_glu(void *y, const void *x, const void *w, const void *bias, loom_dtype act, int64_t in_dim, int64_t inter,
+                        const loom_gemv_pre *pre, void *stream);
+
 /* Programmatic dependent launch for the kernels that support it (loom_cuda_gemv1,
  * loom_cuda_rope_kv_append, decode attention): each may start while the kernel
  * before it on the stream finishes, and waits for it (griddepcontrol) before it

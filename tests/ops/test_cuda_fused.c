@@ -14,8 +14,14 @@
  *    the pool still poisoned (all of it for slot -1), x_out bit-exact; q and
  *    the pool against the unfused gemv1 + rope_kv_append within the
  *    tolerance (bitwise differences counted); bad arguments refused unlaunched.
+ *  - loom_cuda_gemv1_glu (gate/up GEMV, plain or add + RMSNorm, with SiLU*mul
+ *    in its epilogue): y against the CPU (the product rounded to act, then
+ *    swiglu, rounded), y's buffer past inter still poisoned, x_out bit-exact;
+ *    against the unfused gemv1 + silu_mul within the tolerance (bitwise
+ *    differences counted); bad arguments refused unlaunched.
  *  - programmatic dependent launch: a decode-like chain of dependent kernels
- *    (one loom_cuda_gemv1_rope among them; scratch buffers reused so that
+ *    (one loom_cuda_gemv1_rope and one loom_cuda_gemv1_glu among them;
+ *    scratch buffers reused so that
  *    every kernel reads what the one before wrote and writes what it read)
  *    must give bitwise the same result with PDL off, with PDL on, and with
  *    PDL on inside a CUDA graph replayed from a freshly poisoned state.
@@ -582,6 +588,169 @@ static void check_gemv1_rope_bad(void)
     cudaFree(dx); cudaFree(dgam); cudaFree(dy); cudaFree(dpool); cudaFree(dpos); cudaFree(dslot); cudaFree(dinv);
 }
 
+/* ---- loom_cuda_gemv1_glu ---- */
+
+/* One token's gate/up projection (g: out = 2 * inter rows, [gate | up]) with
+ * SiLU*mul in the epilogue; pre_mode 0: pre NULL, 1: an explicit PLAIN pre,
+ * 2: ADD_RMSNORM with delta and x_out. y's buffer is 2 * inter long and
+ * NaN-poisoned: the first inter elements written, the rest untouched. Checked
+ * against the CPU ops (the product rounded to act, then swiglu, rounded) and
+ * against the unfused pair loom_cuda_gemv1 (same pre) + loom_cuda_silu_mul
+ * (within the tolerance; bitwise differences counted). */
+static void check_gemv1_glu(const gemv_weights *g, int pre_mode, int bias)
+{
+    const loom_dtype act = g->act;
+    const int64_t in = g->in, out = g->out, inter = g->out / 2;
+    const int add = pre_mode == 2;
+    const size_t xbytes = 2 * (size_t)in, ybytes = 2 * (size_t)out;
+    const float eps = 1e-5f;
+    uint16_t *hx = xmalloc(xbytes), *hx2 = xmalloc(xbytes), *hdel = xmalloc(xbytes), *hgam = xmalloc(xbytes);
+    uint16_t *hr = xmalloc(xbytes), *hxo = xmalloc(xbytes), *yf = xmalloc(ybytes), *yu = xmalloc(ybytes);
+    float *fx = xmalloc(4 * (size_t)in), *fdel = xmalloc(4 * (size_t)in), *fgam = xmalloc(4 * (size_t)in);
+    float *fr = xmalloc(4 * (size_t)in), *h = xmalloc(4 * (size_t)in), *gu = xmalloc(4 * (size_t)out);
+    float *ref = xmalloc(4 * (size_t)inter);
+
+    /* the prologue's vector h as in check_gemv1, gate and up rounded to act,
+     * silu(gate) * up rounded to act */
+    if (add) {
+        fill(hx, fx, in, 3.0f, 0.0f, act);
+        fill(hdel, fdel, in, 2.0f, 0.0f, act);
+        fill(hgam, fgam, in, 0.5f, 1.0f, act);
+        for (int64_t i = 0; i < in; i++) {
+            hr[i] = to_act(fx[i] + fdel[i], act);
+            fr[i] = from_act(hr[i], act);
+        }
+        loom_ops_cpu()->rmsnorm(h, fr, fgam, LOOM_F32, 1, in, eps);
+        for (int64_t i = 0; i < in; i++) h[i] = round_act(h[i], act);
+    } else {
+        fill(hx, fx, in, 2.0f, 0.0f, act);
+        memcpy(h, fx, 4 * (size_t)in);
+    }
+    loom_ops_cpu()->matmul(gu, h, g->fw, LOOM_F32, bias ? g->fb : NULL, 1, in, out);
+    for (int64_t j = 0; j < out; j++) gu[j] = round_act(gu[j], act);
+    loom_ops_cpu()->swiglu(ref, gu, gu + inter, inter);
+    for (int64_t j = 0; j < inter; j++) ref[j] = round_act(ref[j], act);
+
+    void *dx = dmalloc(xbytes), *ddel = dmalloc(xbytes), *dgam = dmalloc(xbytes), *dxo = dmalloc(xbytes), *dxo2 = dmalloc(xbytes);
+    void *dyf = dmalloc(ybytes), *dyp = dmalloc(ybytes), *dyu = dmalloc(ybytes);
+    upload(dx, hx, xbytes);
+    if (add) {
+        upload(ddel, hdel, xbytes);
+        upload(dgam, hgam, xbytes);
+    }
+    poison(dxo, xbytes);
+    poison(dxo2, xbytes);
+    poison(dyf, ybytes);
+    poison(dyp, ybytes);
+    poison(dyu, ybytes);
+    loom_gemv_pre pre = {.kind = LOOM_GEMV_ADD_RMSNORM, .delta = ddel, .x_out = dxo, .gamma = dgam, .eps = eps};
+    const loom_gemv_pre plain = {.kind = LOOM_GEMV_PLAIN, .delta = NULL, .x_out = NULL, .gamma = NULL, .eps = 0.0f};
+    const loom_gemv_pre *pp = add ? &pre : pre_mode == 1 ? &plain : NULL;
+    const void *db = bias ? g->db : NULL;
+    const int rc = loom_cuda_gemv1_glu(dyf, dx, g->dw, db, act, in, inter, pp, NULL);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    download(yf, dyf, ybytes);
+    download(hx2, dx, xbytes);
+    download(hxo, dxo, xbytes);
+    /* the unfused pair on the same inputs (x_out into another buffer) */
+    pre.x_out = dxo2;
+    int rc_u = loom_cuda_gemv1(dyp, dx, g->dw, db, act, in, out, pp, NULL);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    if (!rc_u) rc_u = loom_cuda_silu_mul(dyu, dyp, act, 1, inter, NULL);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    download(yu, dyu, ybytes);
+
+    /* against the CPU */
+    const double tol = tol_for(act), err = rel_l2(yf, act, ref, inter);
+    int64_t past = 0;
+    for (int64_t j = inter; j < out; j++) past += yf[j] != 0xffffu;
+    const int x_same = memcmp(hx2, hx, xbytes) == 0, xo_ok = !add || memcmp(hxo, hr, xbytes) == 0;
+    const char *what = add ? "add_rmsnorm(delta,x_out)" : pre_mode == 1 ? "plain" : "plain(pre NULL)";
+    verdict(rc == 0 && err <= tol && past == 0 && x_same && xo_ok,
+            "gemv1_glu %s %s in=%lld inter=%lld bias=%d: rel_l2 %.3e (tol %.0e)%s%s%s%s", loom_dtype_name(act), what,
+            (long long)in, (long long)inter, bias, err, tol, rc ? ", CALL FAILED" : "", past ? ", y WRITTEN PAST inter" : "",
+            xo_ok ? "" : ", x_out NOT round(x + delta)", x_same ? "" : ", x CHANGED");
+    if (rc) printf("     loom_cuda_gemv1_glu returned %d (%s)\n", rc, cudaGetErrorString((cudaError_t)rc));
+    if (past) printf("     %lld of the %lld elements past inter written\n", (long long)past, (long long)inter);
+
+    /* against the unfused pair */
+    int64_t n_diff = 0;
+    const double uerr = rel_l2_act(yf, yu, act, inter, &n_diff);
+    verdict(rc == 0 && rc_u == 0 && uerr <= tol,
+            "gemv1_glu %s %s in=%lld inter=%lld bias=%d vs gemv1 + silu_mul: rel_l2 %.3e (%lld of %lld differ bitwise)%s",
+            loom_dtype_name(act), what, (long long)in, (long long)inter, bias, uerr, (long long)n_diff, (long long)inter,
+            rc_u ? ", UNFUSED CALL FAILED" : "");
+    if (rc_u) printf("     the unfused pair returned %d (%s)\n", rc_u, cudaGetErrorString((cudaError_t)rc_u));
+
+    cudaFree(dx); cudaFree(ddel); cudaFree(dgam); cudaFree(dxo); cudaFree(dxo2); cudaFree(dyf); cudaFree(dyp); cudaFree(dyu);
+    free(hx); free(hx2); free(hdel); free(hgam); free(hr); free(hxo); free(yf); free(yu);
+    free(fx); free(fdel); free(fgam); free(fr); free(h); free(gu); free(ref);
+}
+
+/* pre NULL and ADD_RMSNORM, each with and without bias, and an explicit
+ * PLAIN pre with bias, on one weight matrix of 2 * inter rows. */
+static void gemv1_glu_shape(loom_dtype act, int64_t in, int64_t inter)
+{
+    gemv_weights g;
+    weights_make(&g, act, in, 2 * inter);
+    for (int v = 0; v < 4; v++) check_gemv1_glu(&g, v >= 2 ? 2 : 0, v & 1);
+    check_gemv1_glu(&g, 1, 1);
+    weights_free(&g);
+}
+
+/* Bad arguments: a nonzero status, and nothing launched (y and x_out still
+ * poisoned, no CUDA error pending); then a valid call on the same buffers
+ * writes inter elements of y and all of x_out. */
+static void check_gemv1_glu_bad(void)
+{
+    const loom_dtype act = LOOM_F16;
+    const int64_t in = 72, inter = 32, ny = 2 * inter;
+    gemv_weights g;
+    weights_make(&g, act, in, 2 * inter);
+    uint16_t *hv = xmalloc(2 * (size_t)in), *hy = xmalloc(2 * (size_t)ny), *hxo = xmalloc(2 * (size_t)in);
+    void *dx = dmalloc(2 * (size_t)in), *ddel = dmalloc(2 * (size_t)in), *dgam = dmalloc(2 * (size_t)in);
+    void *dxo = dmalloc(2 * (size_t)in), *dy = dmalloc(2 * (size_t)ny);
+    fill(hv, NULL, in, 2.0f, 0.0f, act);
+    upload(dx, hv, 2 * (size_t)in);
+    fill(hv, NULL, in, 1.0f, 0.0f, act);
+    upload(ddel, hv, 2 * (size_t)in);
+    fill(hv, NULL, in, 0.5f, 1.0f, act);
+    upload(dgam, hv, 2 * (size_t)in);
+    const loom_gemv_pre norm = {.kind = LOOM_GEMV_ADD_RMSNORM, .delta = ddel, .x_out = dxo, .gamma = dgam, .eps = 1e-5f};
+    const loom_gemv_pre silu = {.kind = LOOM_GEMV_SILU_MUL, .delta = NULL, .x_out = NULL, .gamma = NULL, .eps = 0.0f};
+    struct { int64_t in, inter; const loom_gemv_pre *pre; const char *what; } c[] = {
+        {in, 0, &norm, "inter 0"},
+        {in, inter, &silu, "pre SILU_MUL"},
+        {12, inter, &norm, "in_dim 12 (not a multiple of 8)"},
+    };
+    for (size_t i = 0; i <= sizeof c / sizeof c[0]; i++) {
+        const int control = i == sizeof c / sizeof c[0];
+        poison(dy, 2 * (size_t)ny);
+        poison(dxo, 2 * (size_t)in);
+        const int rc = control ? loom_cuda_gemv1_glu(dy, dx, g.dw, g.db, act, in, inter, &norm, NULL)
+                               : loom_cuda_gemv1_glu(dy, dx, g.dw, g.db, act, c[i].in, c[i].inter, c[i].pre, NULL);
+        CUDA_CHECK(cudaDeviceSynchronize());
+        const cudaError_t last = cudaGetLastError();
+        download(hy, dy, 2 * (size_t)ny);
+        download(hxo, dxo, 2 * (size_t)in);
+        int64_t wy = 0, wx = 0, past = 0;
+        for (int64_t j = 0; j < ny; j++) wy += hy[j] != 0xffffu, past += j >= inter && hy[j] != 0xffffu;
+        for (int64_t j = 0; j < in; j++) wx += hxo[j] != 0xffffu;
+        if (control)
+            verdict(rc == 0 && last == cudaSuccess && wy == inter && past == 0 && wx == in,
+                    "gemv1_glu valid call on the same buffers (control) -> %d; %lld of y (%lld past inter), %lld of x_out written "
+                    "(want %lld, 0, %lld)", rc, (long long)wy, (long long)past, (long long)wx, (long long)inter, (long long)in);
+        else
+            verdict(rc != 0 && last == cudaSuccess && wy == 0 && wx == 0,
+                    "gemv1_glu %s -> %d (%s; want nonzero); %lld of y, %lld of x_out written%s", c[i].what, rc,
+                    rc ? cudaGetErrorString((cudaError_t)rc) : "success", (long long)wy, (long long)wx,
+                    last == cudaSuccess ? "" : ", CUDA ERROR PENDING");
+    }
+    free(hv); free(hy); free(hxo);
+    weights_free(&g);
+    cudaFree(dx); cudaFree(ddel); cudaFree(dgam); cudaFree(dxo); cudaFree(dy);
+}
+
 /* ---- the PDL switch ---- */
 
 static void check_pdl_switch(int at_start)
@@ -609,6 +778,7 @@ enum {
     CH_BIG = CH_QKV,                      /* = 2 * CH_I: one scratch for qkv and gate/up */
     CH_LAYERS = 3,
     CH_ROPE_LAYER = 1,                    /* QKV + RoPE + KV append in one loom_cuda_gemv1_rope */
+    CH_GLU_LAYER = 0,                     /* gate/up + SiLU*mul in one loom_cuda_gemv1_glu, then a plain down */
     CH_B = 16, CH_BLOCKS = 8,
     CH_POOL = CH_BLOCKS * 2 * CH_NKV * CH_B * CH_HD,
     CH_NBUF = 7,
@@ -702,9 +872,11 @@ static void chain_free(chain *c)
 /* Resets the state (inputs copied in, everything else poisoned), then per
  * layer: QKV (add + RMSNorm prologue) -> RoPE + KV append (in layer
  * CH_ROPE_LAYER both in one loom_cuda_gemv1_rope) -> o_proj (plain, on the
- * rotated q) -> gate/up (add + RMSNorm) -> down (SiLU*mul); then a
- * plain loom_cuda_add_rmsnorm and an lm_head-like plain GEMV. One scratch
- * holds qkv and gate/up, one the o_proj and down outputs, and the residual
+ * rotated q) -> gate/up (add + RMSNorm) -> down (SiLU*mul) (in layer
+ * CH_GLU_LAYER: gate/up + SiLU*mul in one loom_cuda_gemv1_glu -> down, plain,
+ * on its inter elements); then a plain loom_cuda_add_rmsnorm and an
+ * lm_head-like plain GEMV. One scratch holds qkv and gate/up (or the GLU
+ * output), one the o_proj and down outputs, and the residual
  * ping-pongs, so each kernel reads what the one before wrote and writes what
  * the one before read (a kernel that starts early and neither waits before
  * reading nor before writing is caught either way); a residual written three
@@ -737,9 +909,14 @@ static void chain_enqueue(const chain *c, cudaStream_t st)
         OP_CHECK(loom_cuda_gemv1(c->dbuf, c->big, c->w_o, NULL, act, CH_Q, CH_H, &plain, st));
         const loom_gemv_pre gu = {.kind = LOOM_GEMV_ADD_RMSNORM, .delta = c->dbuf, .x_out = c->resid[0],
                                   .gamma = c->gamma2, .eps = eps};
-        OP_CHECK(loom_cuda_gemv1(c->big, c->resid[1], c->w_gu, c->b_gu, act, CH_H, 2 * CH_I, &gu, st));
-        const loom_gemv_pre down = {.kind = LOOM_GEMV_SILU_MUL, .delta = NULL, .x_out = NULL, .gamma = NULL, .eps = 0.0f};
-        OP_CHECK(loom_cuda_gemv1(c->dbuf, c->big, c->w_down, NULL, act, CH_I, CH_H, &down, st));
+        if (l == CH_GLU_LAYER) {
+            OP_CHECK(loom_cuda_gemv1_glu(c->big, c->resid[1], c->w_gu, c->b_gu, act, CH_H, CH_I, &gu, st));
+            OP_CHECK(loom_cuda_gemv1(c->dbuf, c->big, c->w_down, NULL, act, CH_I, CH_H, &plain, st));
+        } else {
+            OP_CHECK(loom_cuda_gemv1(c->big, c->resid[1], c->w_gu, c->b_gu, act, CH_H, 2 * CH_I, &gu, st));
+            const loom_gemv_pre down = {.kind = LOOM_GEMV_SILU_MUL, .delta = NULL, .x_out = NULL, .gamma = NULL, .eps = 0.0f};
+            OP_CHECK(loom_cuda_gemv1(c->dbuf, c->big, c->w_down, NULL, act, CH_I, CH_H, &down, st));
+        }
     }
     OP_CHECK(loom_cuda_add_rmsnorm(c->resid[0], c->dbuf, c->normed, act, c->gamma1, act, 1, CH_H, eps, st));
     OP_CHECK(loom_cuda_gemv1(c->logits, c->normed, c->w_qkv, NULL, act, CH_H, CH_BIG, NULL, st));
@@ -835,7 +1012,7 @@ static void check_chain(loom_dtype act)
     CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
     uint16_t *ref = xmalloc(2 * c.total), *got = xmalloc(2 * c.total);
     const char *dn = loom_dtype_name(act);
-    const int n_kernels = CH_LAYERS * 5 + 2 - 1; /* CH_ROPE_LAYER: 4 */
+    const int n_kernels = CH_LAYERS * 5 + 2 - 1; /* CH_ROPE_LAYER: 4; CH_GLU_LAYER: 5 (gemv1_glu + plain down) */
 
     /* (a) PDL off: the reference, and that it is deterministic */
     loom_cuda_set_pdl(0);
@@ -949,6 +1126,15 @@ int main(void)
             for (int h = 0; h < 3; h++)
                 for (int i = 0; i < 2; i++, set++)
                     gemv1_rope_shape(acts[a], rope_ins[i], heads[h][0], heads[h][1], hds[d], set, hds[d] == 128 && h == 1);
+
+    check_gemv1_glu_bad();
+    const int64_t glu_ins[] = {8, 72, 4104};
+    const int64_t inters[] = {1, 3, 37, 4097};
+    for (int a = 0; a < 2; a++) {
+        for (size_t i = 0; i < sizeof glu_ins / sizeof glu_ins[0]; i++)
+            for (size_t o = 0; o < sizeof inters / sizeof inters[0]; o++) gemv1_glu_shape(acts[a], glu_ins[i], inters[o]);
+        gemv1_glu_shape(acts[a], 4104, 11008);
+    }
 
     check_pdl_switch(pdl_at_start);
     check_chain(LOOM_F16);
