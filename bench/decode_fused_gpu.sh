@@ -37,7 +37,7 @@ for step in $steps; do
         # name:environment; the defaults: fused step (RoPE in the QKV GEMV, SiLU*mul in the gate/up GEMV),
         # PDL on (GEMVs trigger after their wait), 2 GEMV blocks per SM
         for cfg in ${BENCH_CFGS:-unfused:LOOM_FUSED_DECODE=0,LOOM_PDL=0 fused: fused-nopdl:LOOM_PDL=0 fused-noglu:LOOM_FUSED_GLU=0 \
-            fused-rope-kernel:LOOM_FUSED_ROPE=0 fused-attn-trigger:LOOM_PDL_ATTN_TRIGGER=1}; do
+            fused-rope-kernel:LOOM_FUSED_ROPE=0}; do
             name=${cfg%%:*}
             envs=$(echo "${cfg#*:}" | tr ',' ' ')
             env $envs "$b/loom" bench --dummy-weights llama-7b --batch-size "1" --input-output-len "128,256;2048,256" \

@@ -20,7 +20,6 @@
 
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 
 #include "ops_cuda.h"
@@ -55,7 +54,6 @@ struct Params {
     float scale_log2;        /* scale * log2(e): softmax in base 2 */
     int n_splits, chunk;     /* multi-block: splits per row and keys per split */
     int rt_grid;             /* decode: row tiles per kv head in the grid */
-    int pdl_trigger;         /* decode under PDL: let the next kernel launch once this one waited */
 };
 
 /* ---- element types ---- */
@@ -589,8 +587,11 @@ template <typename T, int D>
 __global__ void __launch_bounds__(kThreads) decode_kernel(Params p)
 {
     extern __shared__ __align__(16) unsigned char smem[];
-    pdl_wait(); /* launched with PDL in a decode step: q and the pool come from the kernel before */
-    if (p.pdl_trigger) pdl_trigger();
+    /* Launched with PDL in a decode step: q and the pool come from the kernel
+     * before. No early trigger: letting the next kernel launch right after the
+     * wait made batch-1 steps 12% slower on an H200 (bench/results/
+     * 2026-11-21-h200-decode-fused.md); it launches when this grid exits. */
+    pdl_wait();
     const int s = blockIdx.z;
     const int g = blockIdx.y / p.rt_grid, rt0 = blockIdx.y % p.rt_grid;
     const int rows = (p.q_start[s + 1] - p.q_start[s]) * p.group;
@@ -609,11 +610,10 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(Params p)
 constexpr int kReduceWarps = 8;
 template <typename T, int D>
 __global__ void __launch_bounds__(kReduceWarps * 32)
-    reduce_kernel(T *out, const float *part_o, const float *part_lse, int n_splits, int trigger)
+    reduce_kernel(T *out, const float *part_o, const float *part_lse, int n_splits)
 {
     constexpr int V = D / 32; /* dims per lane */
     pdl_wait();
-    if (trigger) pdl_trigger();
     __shared__ float s_max[kReduceWarps], s_sum[kReduceWarps];
     __shared__ float s_acc[kReduceWarps][D];
     const int64_t row = blockIdx.x;
@@ -784,8 +784,7 @@ int64_t choose_split(Params &p, int64_t want, int64_t span, int64_t rows, int D,
 template <typename T, int D> cudaError_t launch_reduce(const Params &p, int64_t n_tokens, cudaStream_t st)
 {
     return pdl_launch(reduce_kernel<T, D>, dim3((unsigned)(n_tokens * p.n_heads)), dim3(kReduceWarps * 32), 0, st, static_cast<T *>(p.out),
-                      (const float *)p.part_o, (const float *)p.part_lse, (int)p.n_splits,
-                      p.pdl_trigger);
+                      (const float *)p.part_o, (const float *)p.part_lse, (int)p.n_splits);
 }
 
 /* Prefill-shaped batches. Their row tiles alone fill the machine unless the
@@ -823,14 +822,6 @@ template <typename T, int D>
 cudaError_t launch(Params p, int64_t n_tokens, int64_t max_ctx, int multi, void *scratch, size_t scratch_bytes, cudaStream_t st)
 {
     const bool decode = n_tokens == p.n_seqs;
-    /* LOOM_PDL_ATTN_TRIGGER=1: decode attention and its reduction let the
-     * next kernel launch as soon as they have waited (default: at exit) */
-    static int trigger = -1;
-    if (trigger < 0) {
-        const char *e = getenv("LOOM_PDL_ATTN_TRIGGER");
-        trigger = e && !strcmp(e, "1") ? 1 : 0;
-    }
-    p.pdl_trigger = decode ? trigger : 0;
     p.part_o = nullptr;
     p.part_lse = nullptr;
     p.n_splits = 1;
