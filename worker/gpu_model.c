@@ -717,6 +717,27 @@ static int linear(loom_gpu_model *m, void *y, const void *x, const void *w, cons
     return loom_cuda_gemm_run(m->gemm, y, x, w, b, m->o.act, n, in, out, st);
 }
 
+/* Layer l's attention over the pool, m->qkv -> m->att: the flash / paged
+ * kernels for head_dim 64 and 128, the generic one otherwise. */
+static loom_status attend(loom_gpu_model *m, int64_t l, int64_t S, int64_t T, int64_t max_ctx, loom_err *err)
+{
+    const loom_config *c = &m->cfg;
+    const loom_gpu_opts *o = &m->o;
+    const gpu_layer *L = &m->layers[l];
+    const int64_t B = o->tokens_per_block, maxb = m->max_blocks_per_seq, hd = c->head_dim;
+    const int64_t QKV = (m->nh + 2 * m->nkv) * hd, window = c->layer_window[m->l0 + l];
+    const float scale = 1.0f / sqrtf((float)hd);
+    if (hd == 64 || hd == 128)
+        CUDA_TRY(loom_cuda_attention(m->att, m->qkv, QKV, L->pool, o->act, m->d_qstart, m->d_ctx, m->d_bt, maxb, S, T, max_ctx, m->nh, m->nkv,
+                                     hd, B, window, scale, o->multi_block, m->attn_scratch, m->attn_scratch_bytes, m->stream),
+                 "attention");
+    else
+        CUDA_TRY(loom_cuda_attention_generic(m->att, m->qkv, QKV, L->pool, o->act, m->d_qstart, m->d_ctx, m->d_bt, maxb, S, T, m->nh, m->nkv,
+                                             hd, B, window, scale, m->stream),
+                 "attention");
+    return LOOM_OK;
+}
+
 /* Whether a step of one token runs the fused kernels: the norms and the
  * residual adds in the GEMVs' prologues (loom_cuda_gemv1), RoPE and the KV
  * append in the QKV GEMV's epilogue, SiLU*mul in the gate/up GEMV's. Five
@@ -740,10 +761,10 @@ static loom_status fused_layers(loom_gpu_model *m, int64_t S, int64_t T, int64_t
 {
     const loom_config *c = &m->cfg;
     const loom_gpu_opts *o = &m->o;
-    const int64_t B = o->tokens_per_block, maxb = m->max_blocks_per_seq;
+    const int64_t B = o->tokens_per_block;
     const int64_t H = c->hidden_size, I = m->inter, hd = c->head_dim;
     const int64_t QD = m->nh * hd, KD = m->nkv * hd, QKV = QD + 2 * KD;
-    const float eps = c->rms_norm_eps, scale = 1.0f / sqrtf((float)hd);
+    const float eps = c->rms_norm_eps;
     const loom_gpu_dist *d = m->dist;
     cudaStream_t st = m->stream;
     for (int64_t l = 0; l < m->nl; l++) {
@@ -760,15 +781,7 @@ static loom_status fused_layers(loom_gpu_model *m, int64_t S, int64_t T, int64_t
                      "rope + kv append");
             PROF(P_ROPE);
         }
-        if (hd == 64 || hd == 128)
-            CUDA_TRY(loom_cuda_attention(m->att, m->qkv, QKV, L->pool, o->act, m->d_qstart, m->d_ctx, m->d_bt, maxb, S, T, max_ctx, m->nh,
-                                         m->nkv, hd, B, c->layer_window[m->l0 + l], scale, o->multi_block, m->attn_scratch,
-                                         m->attn_scratch_bytes, st),
-                     "attention");
-        else
-            CUDA_TRY(loom_cuda_attention_generic(m->att, m->qkv, QKV, L->pool, o->act, m->d_qstart, m->d_ctx, m->d_bt, maxb, S, T, m->nh,
-                                                 m->nkv, hd, B, c->layer_window[m->l0 + l], scale, st),
-                     "attention");
+        LOOM_CHECK(attend(m, l, S, T, max_ctx, err));
         PROF(P_ATTN);
         CUDA_TRY(loom_cuda_gemv1(m->o_out, m->att, L->w_o, L->b_o, o->act, QD, H, NULL, st), "o gemv");
         PROF(P_O);
@@ -802,7 +815,7 @@ static loom_status launch_step(loom_gpu_model *m, int64_t S, int64_t T, int64_t 
 {
     const loom_config *c = &m->cfg;
     const loom_gpu_opts *o = &m->o;
-    const int64_t B = o->tokens_per_block, maxb = m->max_blocks_per_seq;
+    const int64_t B = o->tokens_per_block;
     const int64_t H = c->hidden_size, I = m->inter, V = c->vocab_size, hd = c->head_dim;
     const int64_t QD = m->nh * hd, KD = m->nkv * hd, QKV = QD + 2 * KD;
     const size_t es = m->es;
@@ -818,7 +831,6 @@ static loom_status launch_step(loom_gpu_model *m, int64_t S, int64_t T, int64_t 
         CUDA_TRY(d->recv_prev(d->ctx, m->x, T * H, o->act, st), "receive from the previous stage");
         PROF(P_COMM);
     }
-    const float scale = 1.0f / sqrtf((float)hd);
     const bool fused = fused_step(m, T);
     if (fused) LOOM_CHECK(fused_layers(m, S, T, max_ctx, err));
     for (int64_t l = 0; !fused && l < m->nl; l++) {
@@ -831,15 +843,7 @@ static loom_status launch_step(loom_gpu_model *m, int64_t S, int64_t T, int64_t 
         CUDA_TRY(loom_cuda_kv_append(L->pool, off(m->qkv, QD, es), QKV, off(m->qkv, QD + KD, es), QKV, o->act, m->d_slots, T, m->nkv, hd, B, st),
                  "kv append");
         PROF(P_ROPE);
-        if (hd == 64 || hd == 128)
-            CUDA_TRY(loom_cuda_attention(m->att, m->qkv, QKV, L->pool, o->act, m->d_qstart, m->d_ctx, m->d_bt, maxb, S, T, max_ctx, m->nh,
-                                         m->nkv, hd, B, c->layer_window[m->l0 + l], scale, o->multi_block, m->attn_scratch,
-                                         m->attn_scratch_bytes, st),
-                     "attention");
-        else
-            CUDA_TRY(loom_cuda_attention_generic(m->att, m->qkv, QKV, L->pool, o->act, m->d_qstart, m->d_ctx, m->d_bt, maxb, S, T, m->nh,
-                                                 m->nkv, hd, B, c->layer_window[m->l0 + l], scale, st),
-                     "attention");
+        LOOM_CHECK(attend(m, l, S, T, max_ctx, err));
         PROF(P_ATTN);
         CUDA_TRY(linear(m, m->o_out, m->att, L->w_o, L->b_o, T, QD, H, st), "o gemm");
         PROF(P_O);

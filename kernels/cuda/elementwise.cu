@@ -248,6 +248,24 @@ cudaError_t add_rmsnorm_launch(void *residual, const void *delta, void *out, con
 
 /* ---- RoPE ----------------------------------------------------------------- */
 
+/* Rotates V rotate_half pairs (src[i], src[i + half]) by the angles whose
+ * cosines and sines are cs, sn; stores them at dst (which may be src). */
+template <typename TA, int V>
+__device__ __forceinline__ void rotate_chunk(const TA *src, TA *dst, int64_t half, const float *cs, const float *sn)
+{
+    float a[V], b[V];
+    loadv<V>(src, a);
+    loadv<V>(src + half, b);
+#pragma unroll
+    for (int i = 0; i < V; i++) {
+        const float ai = a[i], bi = b[i];
+        a[i] = ai * cs[i] - bi * sn[i];
+        b[i] = bi * cs[i] + ai * sn[i];
+    }
+    storev<V>(dst, a);
+    storev<V>(dst + half, b);
+}
+
 /* grid (n), one token per block. Thread = (chunk c of V pairs, head lane):
  * it computes its V angles once (fp32 pos * inv_freq, then accurate
  * sincosf, as HF does) and rotates that chunk in every q and k head of the
@@ -269,17 +287,7 @@ __global__ void rope_kernel(TA *q, int64_t q_stride, TA *k, int64_t k_stride, co
     TA *kt = k ? k + (int64_t)blockIdx.x * k_stride : nullptr;
     for (int64_t h = lane; h < n_heads + n_kv_heads; h += lanes) {
         TA *x = (h < n_heads ? qt + h * head_dim : kt + (h - n_heads) * head_dim) + (int64_t)c * V;
-        float a[V], b[V];
-        loadv<V>(x, a);
-        loadv<V>(x + half, b);
-#pragma unroll
-        for (int i = 0; i < V; i++) {
-            const float ai = a[i], bi = b[i];
-            a[i] = ai * cs[i] - bi * sn[i];
-            b[i] = bi * cs[i] + ai * sn[i];
-        }
-        storev<V>(x, a);
-        storev<V>(x + half, b);
+        rotate_chunk<TA, V>(x, x, half, cs, sn);
     }
 }
 
@@ -334,18 +342,7 @@ __global__ void rope_append_kernel(TA *qkv, int64_t stride, const int32_t *pos, 
             const TA *src = row + h * head_dim + (int64_t)c * V; /* k heads follow the q heads in the row */
             TA *dst = h < n_heads ? row + h * head_dim + (int64_t)c * V
                                   : (kdst ? kdst + (h - n_heads) * B * head_dim + (int64_t)c * V : nullptr);
-            if (!dst) continue;
-            float a[V], b[V];
-            loadv<V>(src, a);
-            loadv<V>(src + half, b);
-#pragma unroll
-            for (int i = 0; i < V; i++) {
-                const float ai = a[i], bi = b[i];
-                a[i] = ai * cs[i] - bi * sn[i];
-                b[i] = bi * cs[i] + ai * sn[i];
-            }
-            storev<V>(dst, a);
-            storev<V>(dst + half, b);
+            if (dst) rotate_chunk<TA, V>(src, dst, half, cs, sn);
         }
     }
     if (!kdst) return;
