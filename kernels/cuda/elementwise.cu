@@ -291,6 +291,16 @@ __global__ void rope_kernel(TA *q, int64_t q_stride, TA *k, int64_t k_stride, co
     }
 }
 
+/* Threads of a RoPE block: `chunks` per head times as many heads as fit in
+ * 256 (at least one); 0 when one head's chunks exceed a block. */
+int rope_threads(int64_t chunks, int64_t heads)
+{
+    if (chunks > kMaxThreads) return 0;
+    int64_t cap = 256 / chunks;
+    if (cap < 1) cap = 1;
+    return (int)(chunks * (heads < cap ? heads : cap));
+}
+
 template <typename TA>
 cudaError_t rope_launch(void *q, int64_t q_stride, void *k, int64_t k_stride, const int32_t *pos, int64_t n,
                         int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, const float *inv_freq,
@@ -299,12 +309,8 @@ cudaError_t rope_launch(void *q, int64_t q_stride, void *k, int64_t k_stride, co
     const int64_t half = head_dim / 2, es = sizeof(TA);
     const bool vec = half % 8 == 0 && aligned16(q) && (q_stride * es) % 16 == 0 &&
                      (!k || (aligned16(k) && (k_stride * es) % 16 == 0));
-    const int64_t chunks = vec ? half / 8 : half;
-    if (chunks > kMaxThreads) return cudaErrorInvalidValue;
-    int64_t lanes = n_heads + n_kv_heads, cap = 256 / chunks;
-    if (cap < 1) cap = 1;
-    if (lanes > cap) lanes = cap;
-    const int threads = (int)(chunks * lanes);
+    const int threads = rope_threads(vec ? half / 8 : half, n_heads + n_kv_heads);
+    if (!threads) return cudaErrorInvalidValue;
     TA *qq = static_cast<TA *>(q), *kk = static_cast<TA *>(k);
     if (vec)
         rope_kernel<TA, 8><<<(unsigned)n, threads, 0, s>>>(qq, q_stride, kk, k_stride, pos, n_heads, n_kv_heads,
@@ -362,12 +368,8 @@ cudaError_t rope_append_launch(void *qkv, int64_t stride, const int32_t *pos, co
 {
     const int64_t half = head_dim / 2, es = sizeof(TA);
     const bool vec = half % 8 == 0 && aligned16(qkv) && aligned16(pool) && (stride * es) % 16 == 0;
-    const int64_t chunks = vec ? half / 8 : half;
-    if (chunks > kMaxThreads) return cudaErrorInvalidValue;
-    int64_t lanes = n_heads + n_kv_heads, cap = 256 / chunks;
-    if (cap < 1) cap = 1;
-    if (lanes > cap) lanes = cap;
-    const int threads = (int)(chunks * lanes);
+    const int threads = rope_threads(vec ? half / 8 : half, n_heads + n_kv_heads);
+    if (!threads) return cudaErrorInvalidValue;
     TA *q = static_cast<TA *>(qkv), *pl = static_cast<TA *>(pool);
     if (vec)
         return pdl_launch(rope_append_kernel<TA, 8>, dim3((unsigned)n), dim3(threads), 0, s, q, stride, pos, slots, n_heads, n_kv_heads,

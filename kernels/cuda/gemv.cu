@@ -166,19 +166,14 @@ __device__ __forceinline__ float g1_block_sum(float v)
     return t;
 }
 
-/* acc += the lane's G1_UNROLL chunks wv (at i, i + 32, ...) . xs. */
-template <typename P>
-__device__ __forceinline__ void dot_chunks(float &acc, const uint4 (&wv)[G1_UNROLL], const uint4 *xs, int i)
+/* acc += the 8 products of one 16-byte chunk of W and of x. */
+template <typename P> __device__ __forceinline__ void dot_chunk(float &acc, const uint4 wv, const uint4 xv)
 {
+    const P *wp = reinterpret_cast<const P *>(&wv), *xp = reinterpret_cast<const P *>(&xv);
 #pragma unroll
-    for (int u = 0; u < G1_UNROLL; u++) {
-        const uint4 xv = xs[i + 32 * u];
-        const P *wp = reinterpret_cast<const P *>(&wv[u]), *xp = reinterpret_cast<const P *>(&xv);
-#pragma unroll
-        for (int k = 0; k < 4; k++) {
-            const float2 p = to_f2<P>(wp[k]), q = to_f2<P>(xp[k]);
-            acc += p.x * q.x + p.y * q.y;
-        }
+    for (int k = 0; k < 4; k++) {
+        const float2 p = to_f2<P>(wp[k]), q = to_f2<P>(xp[k]);
+        acc += p.x * q.x + p.y * q.y;
     }
 }
 
@@ -193,17 +188,10 @@ __device__ __forceinline__ float row_dot(const uint4 *__restrict__ wr, const uin
         uint4 wv[G1_UNROLL];
 #pragma unroll
         for (int u = 0; u < G1_UNROLL; u++) wv[u] = __ldcs(wr + i + 32 * u);
-        dot_chunks<P>(acc, wv, xs, i);
-    }
-    for (; i < n8; i += 32) {
-        const uint4 wv = __ldcs(wr + i), xv = xs[i];
-        const P *wp = reinterpret_cast<const P *>(&wv), *xp = reinterpret_cast<const P *>(&xv);
 #pragma unroll
-        for (int k = 0; k < 4; k++) {
-            const float2 p = to_f2<P>(wp[k]), q = to_f2<P>(xp[k]);
-            acc += p.x * q.x + p.y * q.y;
-        }
+        for (int u = 0; u < G1_UNROLL; u++) dot_chunk<P>(acc, wv[u], xs[i + 32 * u]);
     }
+    for (; i < n8; i += 32) dot_chunk<P>(acc, __ldcs(wr + i), xs[i]);
     for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
     return acc;
 }
@@ -426,11 +414,13 @@ extern "C" int loom_cuda_gemv1_ok(loom_dtype act, int64_t in_dim, const void *x,
            ((uintptr_t)w & 15) == 0;
 }
 
-/* Checks the call and fills the arguments common to both entry points. */
-static int g1_args(Gemv1Args *a, void *y, const void *x, const void *w, const void *bias, loom_dtype act, int64_t in_dim, int64_t out_dim,
-                   const loom_gemv_pre *pre)
+/* Checks the call and fills the arguments common to the entry points; *mode
+ * gets the prologue. */
+static int g1_args(Gemv1Args *a, int *mode_out, void *y, const void *x, const void *w, const void *bias, loom_dtype act, int64_t in_dim,
+                   int64_t out_dim, const loom_gemv_pre *pre)
 {
     const int mode = pre ? (int)pre->kind : LOOM_GEMV_PLAIN;
+    *mode_out = mode;
     if (!loom_cuda_gemv1_ok(act, in_dim, x, w) || !y || out_dim < 1 || out_dim > (1 << 30) || mode < 0 || mode > 2)
         return (int)cudaErrorInvalidValue;
     if (mode == LOOM_GEMV_ADD_RMSNORM &&
@@ -454,10 +444,8 @@ extern "C" int loom_cuda_gemv1(void *y, const void *x, const void *w, const void
                                const loom_gemv_pre *pre, void *stream)
 {
     Gemv1Args a;
-    int rc = g1_args(&a, y, x, w, bias, act, in_dim, out_dim, pre);
-    int sms = 0;
+    int mode, sms = 0, rc = g1_args(&a, &mode, y, x, w, bias, act, in_dim, out_dim, pre);
     if (rc || (rc = g1_device_setup(&sms))) return rc;
-    const int mode = pre ? (int)pre->kind : LOOM_GEMV_PLAIN;
     cudaStream_t st = (cudaStream_t)stream;
     if (act == LOOM_F16) return launch1<__half, __half2>(a, mode, EPI_STORE, sms, st);
     return launch1<__nv_bfloat16, __nv_bfloat162>(a, mode, EPI_STORE, sms, st);
@@ -468,12 +456,10 @@ extern "C" int loom_cuda_gemv1_rope(void *y, const void *x, const void *w, const
 {
     if (!rope || !rope->pos || !rope->slot || !rope->inv_freq || !rope->pool || rope->n_heads < 1 || rope->n_kv_heads < 1 ||
         rope->head_dim < 2 || rope->head_dim % 2 || rope->tokens_per_block < 1 || (pre && pre->kind == LOOM_GEMV_SILU_MUL) ||
-        (rope->n_heads + 2 * rope->n_kv_heads) * rope->head_dim > (1 << 30) || rope->tokens_per_block > (1 << 20))
+        rope->n_heads > (1 << 20) || rope->n_kv_heads > (1 << 20) || rope->head_dim > (1 << 20) || rope->tokens_per_block > (1 << 20))
         return (int)cudaErrorInvalidValue;
-    const int64_t out_dim = (rope->n_heads + 2 * rope->n_kv_heads) * rope->head_dim;
     Gemv1Args a;
-    int rc = g1_args(&a, y, x, w, bias, act, in_dim, out_dim, pre);
-    int sms = 0;
+    int mode, sms = 0, rc = g1_args(&a, &mode, y, x, w, bias, act, in_dim, (rope->n_heads + 2 * rope->n_kv_heads) * rope->head_dim, pre);
     if (rc || (rc = g1_device_setup(&sms))) return rc;
     a.items = (int)((rope->n_heads + rope->n_kv_heads) * (rope->head_dim / 2) + rope->n_kv_heads * rope->head_dim);
     a.pos = rope->pos;
@@ -485,7 +471,6 @@ extern "C" int loom_cuda_gemv1_rope(void *y, const void *x, const void *w, const
     a.head_dim = (int)rope->head_dim;
     a.tokens_per_block = (int)rope->tokens_per_block;
     a.half_elems = rope->tokens_per_block * rope->head_dim * rope->n_kv_heads;
-    const int mode = pre ? (int)pre->kind : LOOM_GEMV_PLAIN;
     cudaStream_t st = (cudaStream_t)stream;
     if (act == LOOM_F16) return launch1<__half, __half2>(a, mode, EPI_ROPE, sms, st);
     return launch1<__nv_bfloat16, __nv_bfloat162>(a, mode, EPI_ROPE, sms, st);
@@ -496,10 +481,8 @@ extern "C" int loom_cuda_gemv1_glu(void *y, const void *x, const void *w, const 
 {
     if (inter < 1 || inter > (1 << 29) || (pre && pre->kind == LOOM_GEMV_SILU_MUL)) return (int)cudaErrorInvalidValue;
     Gemv1Args a;
-    int rc = g1_args(&a, y, x, w, bias, act, in_dim, inter, pre); /* out = items = inter: the pairs */
-    int sms = 0;
+    int mode, sms = 0, rc = g1_args(&a, &mode, y, x, w, bias, act, in_dim, inter, pre); /* out = items = inter: the pairs */
     if (rc || (rc = g1_device_setup(&sms))) return rc;
-    const int mode = pre ? (int)pre->kind : LOOM_GEMV_PLAIN;
     cudaStream_t st = (cudaStream_t)stream;
     if (act == LOOM_F16) return launch1<__half, __half2>(a, mode, EPI_GLU, sms, st);
     return launch1<__nv_bfloat16, __nv_bfloat162>(a, mode, EPI_GLU, sms, st);

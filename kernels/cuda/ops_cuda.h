@@ -114,9 +114,8 @@ int loom_cuda_gemv(void *y, const void *x, const void *w, const void *bias, loom
  * For a batch of one token, what sits between two GEMVs (the residual add and
  * RMSNorm before QKV and gate/up, SiLU*mul before down) runs inside the next
  * GEMV: every thread block computes the prologue's vector into shared memory
- * (it is small against W), then streams its rows of W. With programmatic
- * dependent launch (loom_cuda_set_pdl) a GEMV also pulls the first bytes of
- * its rows into L2 before it waits for the kernel before it. */
+ * (it is small against W), then streams its rows of W. The _rope and _glu
+ * variants also take over the op after the GEMV. */
 
 typedef enum {
     LOOM_GEMV_PLAIN = 0,       /* y = x @ W^T (+ bias) */

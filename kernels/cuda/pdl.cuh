@@ -1,8 +1,8 @@
-/* Programmatic dependent launch (Hopper): a kernel launched with it may start
- * while the kernel before it on the stream is still running. It does work
- * that does not depend on that kernel (pulling its weights toward L2), then
- * pdl_wait() blocks until that kernel has finished and its writes are
- * visible; pdl_trigger() lets the kernel after it start. Both are no-ops
+/* Programmatic dependent launch (Hopper): a kernel launched with it may be
+ * scheduled while the kernel before it on the stream is still running, which
+ * hides the launch; pdl_wait() blocks until that kernel has finished and its
+ * writes are visible, pdl_trigger() lets the kernel after it be scheduled
+ * (else that happens when this grid exits). Both are no-ops
  * before sm_90 and in kernels launched without the attribute, so a kernel
  * that calls them is correct however it is launched. The switch is
  * process-wide (loom_cuda_set_pdl in ops_cuda.h, pdl.cu). */
