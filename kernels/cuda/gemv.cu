@@ -126,10 +126,13 @@ extern "C" int loom_cuda_gemv(void *y, const void *x, const void *w, const void 
  * A grid of at most two blocks per SM of G1_WARPS warps; warp k of the grid
  * takes rows k, k + warps, ... Each block first builds the prologue's vector
  * in shared memory (x, x + delta normalized, or silu(gate) * up), so the
- * rows read it from there; W streams with G1_UNROLL 16-byte loads in flight
- * per lane. (Prefetching the start of each warp's first row into L2 before the
- * prologue, or loading it into registers there, both measured slower on an
- * H200: bench/results/2026-11-21-h200-decode-fused.md.) */
+ * rows read it from there; the norm's gamma (a weight) is staged before the
+ * PDL wait. W streams with G1_UNROLL 16-byte loads in flight per lane.
+ * (Reading x straight from global memory in the rows instead of staging it
+ * was 14% slower a step; prefetching the start of each warp's first row into
+ * L2, into registers or (cp.async) into shared memory, before or after the
+ * PDL wait, all measured slower on an H200: bench/results/2026-11-21-h200-
+ * decode-fused.md and 2026-11-21-h200-decode-s4.md.) */
 #define G1_WARPS 8
 #define G1_UNROLL 8
 
@@ -139,6 +142,7 @@ struct Gemv1Args {
     void *x_out;
     int in, out;
     int trigger;           /* PDL: 0 none (at exit), 1 after the wait, 2 after the rows */
+    int gamma_staged;      /* ADD_RMSNORM: gamma copied to smem after the vector before the wait */
     int items;             /* work items: out rows, or (ROPE) row pairs of q/k plus v rows */
     float eps;
     /* ROPE: the one token's position and pool slot, the pool, the shape */
@@ -219,72 +223,14 @@ template <int EPI> __device__ __forceinline__ RowPair item_rows(const Gemv1Args 
     return {pairs * 2 + (item - pairs), -1, -1, 0};
 }
 
-template <typename S, typename P, int MODE, int EPI>
-__global__ void __launch_bounds__(32 * G1_WARPS, 4) gemv1_kernel(Gemv1Args a)
+/* The rows: each warp takes items item0, item0 + istep, ... and runs the
+ * epilogue on them, reading the staged vector xs. */
+template <typename S, typename P, int EPI>
+__device__ __forceinline__ void g1_rows(const Gemv1Args &a, const uint4 *xs, int item0, int istep, int lane)
 {
     constexpr bool ROPE = EPI == EPI_ROPE;
-    extern __shared__ uint4 xs[]; /* the prologue's vector, in / 8 chunks */
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, n8 = a.in / 8;
+    const int n8 = a.in / 8;
     const S *w = static_cast<const S *>(a.w);
-    const int item0 = blockIdx.x * G1_WARPS + warp, istep = gridDim.x * G1_WARPS;
-    pdl_wait(); /* from here on, what the kernel before wrote is visible */
-    if (a.trigger == 1) pdl_trigger();
-    const uint4 *x = static_cast<const uint4 *>(a.x);
-    if (MODE == LOOM_GEMV_PLAIN) {
-        for (int i = threadIdx.x; i < n8; i += blockDim.x) xs[i] = x[i];
-    } else if (MODE == LOOM_GEMV_ADD_RMSNORM) {
-        const uint4 *d = static_cast<const uint4 *>(a.delta), *g = static_cast<const uint4 *>(a.gamma);
-        uint4 *xo = blockIdx.x == 0 ? static_cast<uint4 *>(a.x_out) : nullptr;
-        float ss = 0.0f;
-        for (int i = threadIdx.x; i < n8; i += blockDim.x) {
-            uint4 v = x[i];
-            P *vp = reinterpret_cast<P *>(&v);
-            if (d) {
-                const uint4 dv = d[i];
-                const P *dp = reinterpret_cast<const P *>(&dv);
-#pragma unroll
-                for (int k = 0; k < 4; k++) {
-                    const float2 f = to_f2<P>(vp[k]), e = to_f2<P>(dp[k]);
-                    vp[k] = pack2<P>(f.x + e.x, f.y + e.y); /* rounded once, as the residual add */
-                }
-            }
-#pragma unroll
-            for (int k = 0; k < 4; k++) {
-                const float2 f = to_f2<P>(vp[k]);
-                ss += f.x * f.x;
-                ss += f.y * f.y;
-            }
-            xs[i] = v;
-            if (xo) xo[i] = v;
-        }
-        const float r = rsqrtf(g1_block_sum(ss) / (float)a.in + a.eps);
-        for (int i = threadIdx.x; i < n8; i += blockDim.x) {
-            uint4 v = xs[i];
-            const uint4 gv = g[i];
-            P *vp = reinterpret_cast<P *>(&v);
-            const P *gp = reinterpret_cast<const P *>(&gv);
-#pragma unroll
-            for (int k = 0; k < 4; k++) {
-                const float2 f = to_f2<P>(vp[k]), e = to_f2<P>(gp[k]);
-                vp[k] = pack2<P>(e.x * (f.x * r), e.y * (f.y * r));
-            }
-            xs[i] = v;
-        }
-    } else { /* LOOM_GEMV_SILU_MUL: x = [gate | up] */
-        for (int i = threadIdx.x; i < n8; i += blockDim.x) {
-            const uint4 gv = x[i], uv = x[n8 + i];
-            uint4 v;
-            const P *gp = reinterpret_cast<const P *>(&gv), *up = reinterpret_cast<const P *>(&uv);
-            P *vp = reinterpret_cast<P *>(&v);
-#pragma unroll
-            for (int k = 0; k < 4; k++) {
-                const float2 f = to_f2<P>(gp[k]), e = to_f2<P>(up[k]);
-                vp[k] = pack2<P>(f.x / (1.0f + expf(-f.x)) * e.x, f.y / (1.0f + expf(-f.y)) * e.y); /* HF: act_fn(gate) * up */
-            }
-            xs[i] = v;
-        }
-    }
-    __syncthreads();
     const S *bias = static_cast<const S *>(a.bias);
     S *y = static_cast<S *>(a.y);
     S *kdst = nullptr; /* ROPE: the token's slot in the K half of its block, head 0 */
@@ -336,10 +282,92 @@ __global__ void __launch_bounds__(32 * G1_WARPS, 4) gemv1_kernel(Gemv1Args a)
             }
         }
     }
+}
+
+/* x + delta, rounded to act as the residual add is (v in place); the sum of
+ * squares of the result is added to ss. */
+template <typename P> __device__ __forceinline__ void add_residual(uint4 &v, const uint4 *d, int i, float &ss)
+{
+    P *vp = reinterpret_cast<P *>(&v);
+    if (d) {
+        const uint4 dv = d[i];
+        const P *dp = reinterpret_cast<const P *>(&dv);
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const float2 f = to_f2<P>(vp[k]), e = to_f2<P>(dp[k]);
+            vp[k] = pack2<P>(f.x + e.x, f.y + e.y); /* rounded once, as the residual add */
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        const float2 f = to_f2<P>(vp[k]);
+        ss += f.x * f.x;
+        ss += f.y * f.y;
+    }
+}
+
+template <typename S, typename P, int MODE, int EPI>
+__global__ void __launch_bounds__(32 * G1_WARPS, 4) gemv1_kernel(Gemv1Args a)
+{
+    extern __shared__ uint4 xs[]; /* the prologue's vector (in / 8 chunks), then gamma when staged */
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, n8 = a.in / 8;
+    const int item0 = blockIdx.x * G1_WARPS + warp, istep = gridDim.x * G1_WARPS;
+    const uint4 *x = static_cast<const uint4 *>(a.x);
+    /* ADD_RMSNORM: gamma is a weight, so it goes to shared memory (after the
+     * vector) before the wait, when it fits; the norm's second pass then
+     * reads only shared memory. */
+    const uint4 *g = static_cast<const uint4 *>(a.gamma);
+    if (MODE == LOOM_GEMV_ADD_RMSNORM && a.gamma_staged) {
+        for (int i = threadIdx.x; i < n8; i += blockDim.x) xs[n8 + i] = g[i];
+        g = xs + n8;
+    }
+    pdl_wait(); /* from here on, what the kernel before wrote is visible */
+    if (a.trigger == 1) pdl_trigger();
+    if (MODE == LOOM_GEMV_PLAIN) {
+        for (int i = threadIdx.x; i < n8; i += blockDim.x) xs[i] = x[i];
+    } else if (MODE == LOOM_GEMV_ADD_RMSNORM) { /* two passes: x + delta, then the norm in act */
+        const uint4 *d = static_cast<const uint4 *>(a.delta);
+        uint4 *xo = blockIdx.x == 0 ? static_cast<uint4 *>(a.x_out) : nullptr;
+        float ss = 0.0f;
+        for (int i = threadIdx.x; i < n8; i += blockDim.x) {
+            uint4 v = x[i];
+            add_residual<P>(v, d, i, ss);
+            xs[i] = v;
+            if (xo) xo[i] = v;
+        }
+        const float r = rsqrtf(g1_block_sum(ss) / (float)a.in + a.eps);
+        for (int i = threadIdx.x; i < n8; i += blockDim.x) {
+            uint4 v = xs[i];
+            const uint4 gv = g[i];
+            P *vp = reinterpret_cast<P *>(&v);
+            const P *gp = reinterpret_cast<const P *>(&gv);
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                const float2 f = to_f2<P>(vp[k]), e = to_f2<P>(gp[k]);
+                vp[k] = pack2<P>(e.x * (f.x * r), e.y * (f.y * r));
+            }
+            xs[i] = v;
+        }
+    } else { /* LOOM_GEMV_SILU_MUL: x = [gate | up] */
+        for (int i = threadIdx.x; i < n8; i += blockDim.x) {
+            const uint4 gv = x[i], uv = x[n8 + i];
+            uint4 v;
+            const P *gp = reinterpret_cast<const P *>(&gv), *up = reinterpret_cast<const P *>(&uv);
+            P *vp = reinterpret_cast<P *>(&v);
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                const float2 f = to_f2<P>(gp[k]), e = to_f2<P>(up[k]);
+                vp[k] = pack2<P>(f.x / (1.0f + expf(-f.x)) * e.x, f.y / (1.0f + expf(-f.y)) * e.y); /* HF: act_fn(gate) * up */
+            }
+            xs[i] = v;
+        }
+    }
+    __syncthreads();
+    g1_rows<S, P, EPI>(a, xs, item0, istep, lane);
     if (a.trigger == 2) pdl_trigger();
 }
 
-#define G1_MAX_SMEM (96 << 10)
+#define G1_MAX_SMEM (96 << 10) /* the prologue's vector (and gamma) */
 #define G1_MAX_DEVICES 16
 
 #define G1_KERNELS(S, P)                                                                                                          \
@@ -390,18 +418,40 @@ template <typename S, typename P>
 static int launch1(const Gemv1Args &a, int mode, int epi, int sms, cudaStream_t st)
 {
     /* Read once: blocks per SM (LOOM_GEMV_BLOCKS_PER_SM, default 2; 4
-     * measured the same) and where a PDL launch lets the next kernel start
-     * (LOOM_PDL_TRIGGER: 0 at exit, 1 after the wait (default), 2 after the rows). */
-    static int bps = -1, trigger = -1;
+     * measured the same), where a PDL launch lets the next kernel start
+     * (LOOM_PDL_TRIGGER: 0 at exit, 1 after the wait (default), 2 after the
+     * rows), and whether ADD_RMSNORM stages gamma before the wait
+     * (LOOM_GEMV_GAMMA_EARLY, default 1: 3.726 against 3.770 ms a batch-1
+     * step on an H200, bench/results/2026-11-21-h200-decode-s4.md), and
+     * whether the grid is cut to whole rounds of rows (LOOM_GEMV_BALANCE,
+     * default 1). */
+    static int bps = -1, trigger = -1, gamma_early = -1, balance = -1;
     if (bps < 0) {
+        balance = env_knob("LOOM_GEMV_BALANCE", 1, 0, 1);
         bps = env_knob("LOOM_GEMV_BLOCKS_PER_SM", 2, 1, 4);
         trigger = env_knob("LOOM_PDL_TRIGGER", 1, 0, 2);
+        gamma_early = env_knob("LOOM_GEMV_GAMMA_EARLY", 1, 0, 1);
     }
     Gemv1Args b = a;
     b.trigger = trigger;
+    size_t smem = (size_t)b.in * sizeof(S);
+    if (mode == LOOM_GEMV_ADD_RMSNORM && gamma_early && 2 * smem <= G1_MAX_SMEM) {
+        b.gamma_staged = 1;
+        smem *= 2;
+    }
     int blocks = (b.items + G1_WARPS - 1) / G1_WARPS;
-    if (blocks > bps * sms) blocks = bps * sms;
-    const size_t smem = (size_t)b.in * sizeof(S);
+    if (blocks > bps * sms) {
+        blocks = bps * sms;
+        /* When the last round of rows would keep under 3/4 of the warps
+         * busy, as few blocks as make every round full: 11008 gate/up pairs
+         * on 2112 warps are 5.2 rounds, whose sixth runs a fifth of the warps
+         * at a fraction of the bandwidth; on 1840 warps they are 6 full
+         * rounds (3.68 against 3.73 ms a batch-1 step on an H200). A nearly
+         * full last round costs less than the warps it would take away. */
+        const int warps = blocks * G1_WARPS, rounds = (b.items + warps - 1) / warps;
+        if (balance && 4 * (b.items - (rounds - 1) * warps) < 3 * warps)
+            blocks = (b.items + rounds * G1_WARPS - 1) / (rounds * G1_WARPS);
+    }
     const dim3 grid((unsigned)blocks), block(32 * G1_WARPS);
     if (epi == EPI_ROPE) return launch_mode<S, P, EPI_ROPE>(b, mode, grid, block, smem, st);
     if (epi == EPI_GLU) return launch_mode<S, P, EPI_GLU>(b, mode, grid, block, smem, st);
