@@ -195,7 +195,17 @@ __device__ __forceinline__ float row_dot(const uint4 *__restrict__ wr, const uin
 #pragma unroll
         for (int u = 0; u < G1_UNROLL; u++) dot_chunk<P>(acc, wv[u], xs[i + 32 * u]);
     }
-    for (; i < n8; i += 32) dot_chunk<P>(acc, __ldcs(wr + i), xs[i]);
+    /* the rest (under 32 * G1_UNROLL chunks) in batches of predicated loads
+     * in flight together, not one latency per chunk (in 11008: 3 a lane) */
+    constexpr int R = G1_UNROLL / 2;
+    for (; i < n8; i += 32 * R) {
+        uint4 wv[R];
+#pragma unroll
+        for (int u = 0; u < R; u++) wv[u] = i + 32 * u < n8 ? __ldcs(wr + i + 32 * u) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+        for (int u = 0; u < R; u++)
+            if (i + 32 * u < n8) dot_chunk<P>(acc, wv[u], xs[i + 32 * u]);
+    }
     for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
     return acc;
 }
