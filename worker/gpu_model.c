@@ -875,7 +875,10 @@ static loom_status launch_step(loom_gpu_model *m, int64_t S, int64_t T, int64_t 
     if (fused) {
         /* one token: it is the last row; the final norm runs inside lm_head's GEMV */
         const loom_gemv_pre pre = {LOOM_GEMV_ADD_RMSNORM, m->mlp, NULL, m->final_norm, c->rms_norm_eps};
-        CUDA_TRY(loom_cuda_gemv1(m->logits_act, m->x, m->lm_head, NULL, o->act, H, m->vl, &pre, st), "final norm + lm_head gemv");
+        if (m->tp == 1) /* the fp32 logits straight from the GEMV: no cast kernel */
+            CUDA_TRY(loom_cuda_gemv1_f32(m->logits, m->x, m->lm_head, NULL, o->act, H, m->vl, &pre, st), "final norm + lm_head gemv");
+        else
+            CUDA_TRY(loom_cuda_gemv1(m->logits_act, m->x, m->lm_head, NULL, o->act, H, m->vl, &pre, st), "final norm + lm_head gemv");
         PROF(P_LM_HEAD);
     } else {
         CUDA_TRY(loom_cuda_add_rmsnorm(m->x, m->mlp, m->xn, o->act, m->final_norm, o->act, T, H, c->rms_norm_eps, st), "final norm");
@@ -888,7 +891,7 @@ static loom_status launch_step(loom_gpu_model *m, int64_t S, int64_t T, int64_t 
         CUDA_TRY(d->allgather(d->ctx, m->logits_act, m->gathered, S * m->vl, o->act, st), "all-gather");
         PROF(P_COMM);
         CUDA_TRY(loom_gpu_gather_vocab(m->logits, m->gathered, o->act, m->tp, S, m->vl, V, st), "logits gather");
-    } else {
+    } else if (!fused) {
         CUDA_TRY(loom_gpu_cast(m->logits, LOOM_F32, m->logits_act, o->act, S * V, st), "logits cast");
     }
     CUDA_TRY(loom_cuda_sample(m->d_out, m->logits, S, V, m->d_temp, m->d_topk, m->d_topp, m->d_rep, m->d_hist, m->d_hoff, m->d_seed,

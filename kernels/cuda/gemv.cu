@@ -143,6 +143,7 @@ struct Gemv1Args {
     int in, out;
     int trigger;           /* PDL: 0 none (at exit), 1 after the wait, 2 after the rows */
     int gamma_staged;      /* ADD_RMSNORM: gamma copied to smem after the vector before the wait */
+    int y_f32;             /* STORE: y is fp32 (each value rounded to act first) */
     int items;             /* work items: out rows, or (ROPE) row pairs of q/k plus v rows */
     float eps;
     /* ROPE: the one token's position and pool slot, the pool, the shape */
@@ -256,7 +257,8 @@ __device__ __forceinline__ void g1_rows(const Gemv1Args &a, const uint4 *xs, int
         const S v1 = from_f<S>(d1 + (bias ? s_to_f<S>(bias[rp.r1]) : 0.0f)); /* rounded as the GEMM's output */
         if (EPI == EPI_STORE || rp.r2 < 0) {
             if (lane == 0) {
-                y[rp.r1] = v1;
+                if (EPI == EPI_STORE && a.y_f32) static_cast<float *>(a.y)[rp.r1] = s_to_f<S>(v1);
+                else y[rp.r1] = v1;
                 if (ROPE && rp.head < 0 && kdst) { /* a v row: into the pool's V half */
                     const int e = rp.r1 - (a.n_heads + a.n_kv_heads) * a.head_dim, h = e / a.head_dim, dd = e % a.head_dim;
                     kdst[a.half_elems + (int64_t)h * a.tokens_per_block * a.head_dim + dd] = v1;
@@ -506,6 +508,18 @@ extern "C" int loom_cuda_gemv1(void *y, const void *x, const void *w, const void
     Gemv1Args a;
     int mode, sms = 0, rc = g1_args(&a, &mode, y, x, w, bias, act, in_dim, out_dim, pre);
     if (rc || (rc = g1_device_setup(&sms))) return rc;
+    cudaStream_t st = (cudaStream_t)stream;
+    if (act == LOOM_F16) return launch1<__half, __half2>(a, mode, EPI_STORE, sms, st);
+    return launch1<__nv_bfloat16, __nv_bfloat162>(a, mode, EPI_STORE, sms, st);
+}
+
+extern "C" int loom_cuda_gemv1_f32(float *y, const void *x, const void *w, const void *bias, loom_dtype act, int64_t in_dim,
+                                   int64_t out_dim, const loom_gemv_pre *pre, void *stream)
+{
+    Gemv1Args a;
+    int mode, sms = 0, rc = g1_args(&a, &mode, y, x, w, bias, act, in_dim, out_dim, pre);
+    if (rc || (rc = g1_device_setup(&sms))) return rc;
+    a.y_f32 = 1;
     cudaStream_t st = (cudaStream_t)stream;
     if (act == LOOM_F16) return launch1<__half, __half2>(a, mode, EPI_STORE, sms, st);
     return launch1<__nv_bfloat16, __nv_bfloat162>(a, mode, EPI_STORE, sms, st);

@@ -146,6 +146,12 @@ int loom_cuda_gemv1_ok(loom_dtype act, int64_t in_dim, const void *x, const void
 int loom_cuda_gemv1(void *y, const void *x, const void *w, const void *bias, loom_dtype act, int64_t in_dim, int64_t out_dim,
                     const loom_gemv_pre *pre, void *stream);
 
+/* loom_cuda_gemv1 with y (out_dim) in fp32: each value is rounded to act
+ * first, so y equals loom_cuda_gemv1's output cast to fp32 (lm_head's
+ * logits without the cast kernel). */
+int loom_cuda_gemv1_f32(float *y, const void *x, const void *w, const void *bias, loom_dtype act, int64_t in_dim, int64_t out_dim,
+                        const loom_gemv_pre *pre, void *stream);
+
 /* The token's RoPE and KV append, done in the QKV GEMV's epilogue. */
 typedef struct {
     const int32_t *pos, *slot; /* device: the token's position and pool slot (block * B + offset; -1 skips the append) */

@@ -3,7 +3,8 @@
  *  - loom_cuda_gemv1 with each prologue (plain, residual add + RMSNorm with
  *    and without delta / x_out, SiLU*mul) on awkward shapes, with and without
  *    bias; relative L2 <= 2e-3 (fp16), 1e-2 (bf16); x_out bit-exact; outputs
- *    NaN-poisoned first; loom_cuda_gemv1_ok on the edges of its contract.
+ *    NaN-poisoned first; loom_cuda_gemv1_ok on the edges of its contract;
+ *    loom_cuda_gemv1_f32 bitwise the same values cast to fp32.
  *  - loom_cuda_rope_kv_append: q rotated in place, rotated k and exact v in a
  *    NaN-poisoned paged pool at shuffled slots (one token skipped with -1),
  *    the rest of the qkv rows and of the pool untouched.
@@ -171,6 +172,11 @@ static const gemv1_variant all_variants[] = {
     {LOOM_GEMV_SILU_MUL, 0, 0, 0, 1},
 };
 
+static const char *kind_name(const gemv1_variant *v)
+{
+    return v->kind == LOOM_GEMV_SILU_MUL ? "silu_mul" : v->kind == LOOM_GEMV_ADD_RMSNORM ? "add_rmsnorm" : "plain";
+}
+
 static void check_gemv1(const gemv_weights *g, const gemv1_variant *v)
 {
     const loom_dtype act = g->act;
@@ -227,6 +233,18 @@ static void check_gemv1(const gemv_weights *g, const gemv1_variant *v)
     download(hy, dy, 2 * (size_t)out);
     download(hx2, dx, 2 * (size_t)nx);
     download(hxo, dxo, 2 * (size_t)in);
+    /* the fp32-output entry: the same values, cast (every one written) */
+    float *dy32 = dmalloc(4 * (size_t)out), *hy32 = xmalloc(4 * (size_t)out);
+    poison(dy32, 4 * (size_t)out);
+    const int rc32 = loom_cuda_gemv1_f32(dy32, dx, g->dw, v->bias ? g->db : NULL, act, in, out, v->null_pre ? NULL : &pre, NULL);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    download(hy32, dy32, 4 * (size_t)out);
+    int64_t f32_diff = 0;
+    for (int64_t i = 0; i < out; i++) f32_diff += !(hy32[i] == from_act(hy[i], act));
+    verdict(rc32 == 0 && f32_diff == 0, "gemv1_f32 %s %s in=%lld out=%lld: %lld of %lld differ from gemv1's output cast",
+            loom_dtype_name(act), kind_name(v), (long long)in, (long long)out, (long long)f32_diff, (long long)out);
+    cudaFree(dy32);
+    free(hy32);
 
     const double err = rel_l2(hy, act, ref, out), tol = tol_for(act);
     const int x_same = memcmp(hx2, hx, 2 * (size_t)nx) == 0;
