@@ -769,13 +769,16 @@ static loom_status fused_layers(loom_gpu_model *m, int64_t S, int64_t T, int64_t
     cudaStream_t st = m->stream;
     for (int64_t l = 0; l < m->nl; l++) {
         gpu_layer *L = &m->layers[l];
-        const loom_gemv_pre pre_attn = {LOOM_GEMV_ADD_RMSNORM, l ? m->mlp : NULL, m->x2, L->attn_norm, eps};
+        /* the first stage's layer 0 reads its token's embedding row itself */
+        const bool gather = l == 0 && m->is_first;
+        const loom_gemv_pre pre_attn = {LOOM_GEMV_ADD_RMSNORM, l ? m->mlp : NULL, m->x2, L->attn_norm, eps, gather ? m->d_tokens : NULL};
+        const void *x_in = gather ? m->embed : m->x;
         if (m->fused_rope) {
             const loom_gemv_rope rope = {m->d_pos, m->d_slots, m->inv_freq, L->pool, m->nh, m->nkv, hd, B};
-            CUDA_TRY(loom_cuda_gemv1_rope(m->qkv, m->x, L->w_qkv, L->b_qkv, o->act, H, &pre_attn, &rope, st), "norm + qkv gemv + rope");
+            CUDA_TRY(loom_cuda_gemv1_rope(m->qkv, x_in, L->w_qkv, L->b_qkv, o->act, H, &pre_attn, &rope, st), "norm + qkv gemv + rope");
             PROF(P_QKV);
         } else {
-            CUDA_TRY(loom_cuda_gemv1(m->qkv, m->x, L->w_qkv, L->b_qkv, o->act, H, QKV, &pre_attn, st), "norm + qkv gemv");
+            CUDA_TRY(loom_cuda_gemv1(m->qkv, x_in, L->w_qkv, L->b_qkv, o->act, H, QKV, &pre_attn, st), "norm + qkv gemv");
             PROF(P_QKV);
             CUDA_TRY(loom_cuda_rope_kv_append(m->qkv, QKV, o->act, m->d_pos, m->d_slots, T, m->nh, m->nkv, hd, m->inv_freq, L->pool, B, st),
                      "rope + kv append");
@@ -789,7 +792,7 @@ static loom_status fused_layers(loom_gpu_model *m, int64_t S, int64_t T, int64_t
             CUDA_TRY(d->allreduce(d->ctx, m->o_out, T * H, o->act, st), "all-reduce");
             PROF(P_COMM);
         }
-        const loom_gemv_pre pre_mlp = {LOOM_GEMV_ADD_RMSNORM, m->o_out, m->x, L->mlp_norm, eps};
+        const loom_gemv_pre pre_mlp = {LOOM_GEMV_ADD_RMSNORM, m->o_out, m->x, L->mlp_norm, eps, NULL};
         if (m->fused_glu) {
             CUDA_TRY(loom_cuda_gemv1_glu(m->h, m->x2, L->w_gu, L->b_gu, o->act, H, I, &pre_mlp, st), "norm + gate/up gemv + silu*mul");
             PROF(P_GU);
@@ -797,7 +800,7 @@ static loom_status fused_layers(loom_gpu_model *m, int64_t S, int64_t T, int64_t
         } else {
             CUDA_TRY(loom_cuda_gemv1(m->gu, m->x2, L->w_gu, L->b_gu, o->act, H, 2 * I, &pre_mlp, st), "norm + gate/up gemv");
             PROF(P_GU);
-            const loom_gemv_pre pre_down = {LOOM_GEMV_SILU_MUL, NULL, NULL, NULL, 0.0f};
+            const loom_gemv_pre pre_down = {LOOM_GEMV_SILU_MUL, NULL, NULL, NULL, 0.0f, NULL};
             CUDA_TRY(loom_cuda_gemv1(m->mlp, m->gu, L->w_down, L->b_down, o->act, I, H, &pre_down, st), "silu*mul + down gemv");
         }
         PROF(P_DOWN);
@@ -824,14 +827,14 @@ static loom_status launch_step(loom_gpu_model *m, int64_t S, int64_t T, int64_t 
     CUDA_TRY(cudaMemcpyAsync(m->stage_dev, m->stage_host, used, cudaMemcpyHostToDevice, st), "step upload");
     PROF(P_UPLOAD);
     const loom_gpu_dist *d = m->dist;
-    if (m->is_first) {
+    const bool fused = fused_step(m, T);
+    if (m->is_first && !fused) { /* (the fused layer 0 gathers the embedding row itself) */
         CUDA_TRY(loom_cuda_embedding(m->x, o->act, m->embed, o->act, m->d_tokens, T, H, st), "embedding");
         PROF(P_EMBED);
-    } else {
+    } else if (!m->is_first) {
         CUDA_TRY(d->recv_prev(d->ctx, m->x, T * H, o->act, st), "receive from the previous stage");
         PROF(P_COMM);
     }
-    const bool fused = fused_step(m, T);
     if (fused) LOOM_CHECK(fused_layers(m, S, T, max_ctx, err));
     for (int64_t l = 0; !fused && l < m->nl; l++) {
         gpu_layer *L = &m->layers[l];
@@ -874,7 +877,7 @@ static loom_status launch_step(loom_gpu_model *m, int64_t S, int64_t T, int64_t 
     }
     if (fused) {
         /* one token: it is the last row; the final norm runs inside lm_head's GEMV */
-        const loom_gemv_pre pre = {LOOM_GEMV_ADD_RMSNORM, m->mlp, NULL, m->final_norm, c->rms_norm_eps};
+        const loom_gemv_pre pre = {LOOM_GEMV_ADD_RMSNORM, m->mlp, NULL, m->final_norm, c->rms_norm_eps, NULL};
         if (m->tp == 1) /* the fp32 logits straight from the GEMV: no cast kernel */
             CUDA_TRY(loom_cuda_gemv1_f32(m->logits, m->x, m->lm_head, NULL, o->act, H, m->vl, &pre, st), "final norm + lm_head gemv");
         else

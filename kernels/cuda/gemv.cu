@@ -144,6 +144,7 @@ struct Gemv1Args {
     int trigger;           /* PDL: 0 none (at exit), 1 after the wait, 2 after the rows */
     int gamma_staged;      /* ADD_RMSNORM: gamma copied to smem after the vector before the wait */
     int y_f32;             /* STORE: y is fp32 (each value rounded to act first) */
+    const int32_t *row;    /* x is a table; the input is its row row[0] (the embedding gather) */
     int items;             /* work items: out rows, or (ROPE) row pairs of q/k plus v rows */
     float eps;
     /* ROPE: the one token's position and pool slot, the pool, the shape */
@@ -335,6 +336,7 @@ __global__ void __launch_bounds__(32 * G1_WARPS, 4) gemv1_kernel(Gemv1Args a)
     }
     pdl_wait(); /* from here on, what the kernel before wrote is visible */
     if (a.trigger == 1) pdl_trigger();
+    if (MODE != LOOM_GEMV_SILU_MUL && a.row) x += (int64_t)a.row[0] * n8;
     if (MODE == LOOM_GEMV_PLAIN) {
         for (int i = threadIdx.x; i < n8; i += blockDim.x) xs[i] = x[i];
     } else if (MODE == LOOM_GEMV_ADD_RMSNORM) { /* two passes: x + delta, then the norm in act */
@@ -488,6 +490,7 @@ static int g1_args(Gemv1Args *a, int *mode_out, void *y, const void *x, const vo
     if (mode == LOOM_GEMV_ADD_RMSNORM &&
         (!pre->gamma || ((uintptr_t)pre->gamma & 15) || ((uintptr_t)pre->delta & 15) || ((uintptr_t)pre->x_out & 15) || pre->x_out == x))
         return (int)cudaErrorInvalidValue;
+    if (pre && pre->row && mode == LOOM_GEMV_SILU_MUL) return (int)cudaErrorInvalidValue;
     memset(a, 0, sizeof *a);
     a->y = y;
     a->x = x;
@@ -497,6 +500,7 @@ static int g1_args(Gemv1Args *a, int *mode_out, void *y, const void *x, const vo
     a->gamma = mode == LOOM_GEMV_ADD_RMSNORM ? pre->gamma : nullptr;
     a->x_out = mode == LOOM_GEMV_ADD_RMSNORM ? pre->x_out : nullptr;
     a->eps = mode == LOOM_GEMV_ADD_RMSNORM ? pre->eps : 0.0f;
+    a->row = pre ? pre->row : nullptr;
     a->in = (int)in_dim;
     a->out = a->items = (int)out_dim;
     return 0;

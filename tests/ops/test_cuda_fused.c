@@ -4,7 +4,8 @@
  *    and without delta / x_out, SiLU*mul) on awkward shapes, with and without
  *    bias; relative L2 <= 2e-3 (fp16), 1e-2 (bf16); x_out bit-exact; outputs
  *    NaN-poisoned first; loom_cuda_gemv1_ok on the edges of its contract;
- *    loom_cuda_gemv1_f32 bitwise the same values cast to fp32.
+ *    loom_cuda_gemv1_f32 bitwise the same values cast to fp32; x given as a
+ *    row of a table (pre->row, the embedding gather) bitwise the same y.
  *  - loom_cuda_rope_kv_append: q rotated in place, rotated k and exact v in a
  *    NaN-poisoned paged pool at shuffled slots (one token skipped with -1),
  *    the rest of the qkv rows and of the pool untouched.
@@ -245,6 +246,27 @@ static void check_gemv1(const gemv_weights *g, const gemv1_variant *v)
             loom_dtype_name(act), kind_name(v), (long long)in, (long long)out, (long long)f32_diff, (long long)out);
     cudaFree(dy32);
     free(hy32);
+    if (!silu) { /* x as row 2 of a 3-row table (the embedding gather): bitwise the same y */
+        uint16_t *htab = xmalloc(6 * (size_t)in), *hyt = xmalloc(2 * (size_t)out);
+        float *ftab = xmalloc(8 * (size_t)in);
+        fill(htab, ftab, 2 * in, 2.0f, 0.0f, act);
+        memcpy(htab + 2 * in, hx, 2 * (size_t)in);
+        void *dtab = dmalloc(6 * (size_t)in), *dyt = dmalloc(2 * (size_t)out);
+        int32_t *drow = dmalloc(sizeof(int32_t)), hrow = 2;
+        upload(dtab, htab, 6 * (size_t)in);
+        upload(drow, &hrow, sizeof hrow);
+        poison(dyt, 2 * (size_t)out);
+        loom_gemv_pre tpre = pre;
+        tpre.row = drow;
+        const int rct = loom_cuda_gemv1(dyt, dtab, g->dw, v->bias ? g->db : NULL, act, in, out, &tpre, NULL);
+        CUDA_CHECK(cudaDeviceSynchronize());
+        download(hyt, dyt, 2 * (size_t)out);
+        verdict(rct == 0 && memcmp(hyt, hy, 2 * (size_t)out) == 0, "gemv1 %s %s in=%lld out=%lld, x row 2 of a table: %s",
+                loom_dtype_name(act), kind_name(v), (long long)in, (long long)out,
+                rct ? "CALL FAILED" : memcmp(hyt, hy, 2 * (size_t)out) ? "y DIFFERS from the plain call's" : "y bitwise the plain call's");
+        cudaFree(dtab); cudaFree(dyt); cudaFree(drow);
+        free(htab); free(hyt); free(ftab);
+    }
 
     const double err = rel_l2(hy, act, ref, out), tol = tol_for(act);
     const int x_same = memcmp(hx2, hx, 2 * (size_t)nx) == 0;
