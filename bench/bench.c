@@ -53,6 +53,7 @@ static const char *const nccl_env[] = {
 /* loom's own switches of the GPU path; the JSON records them likewise. */
 static const char *const loom_env[] = {
     "LOOM_CUDA_GRAPHS", "LOOM_CUDA_GRAPHS_PARTITIONED", "LOOM_GEMV", "LOOM_FUSED_DECODE", "LOOM_FUSED_ROPE", "LOOM_FUSED_GLU", "LOOM_PDL", "LOOM_PDL_TRIGGER", "LOOM_GEMV_BLOCKS_PER_SM", "LOOM_GEMM_TUNE",
+    "LOOM_GEMV_GAMMA_EARLY", "LOOM_GEMV_BALANCE",
 };
 
 /* How the multi-GPU floors are computed (also written into the JSON). */
