@@ -21,6 +21,7 @@
 #include "../util/fileutil.h"
 #include "../util/json_util.h"
 #include "../worker/config.h"
+#include "../worker/gpu_env.h"
 #include "../worker/gpu_model.h"
 #include "../worker/model.h"
 #include "bench_args.h"
@@ -48,12 +49,6 @@ static const preset presets[] = {
  * records their values so runs can be compared. */
 static const char *const nccl_env[] = {
     "NCCL_P2P_DISABLE", "NCCL_SHM_DISABLE", "NCCL_NVLS_ENABLE", "NCCL_IB_DISABLE", "NCCL_P2P_LEVEL", "NCCL_ALGO", "NCCL_PROTO",
-};
-
-/* loom's own switches of the GPU path; the JSON records them likewise. */
-static const char *const loom_env[] = {
-    "LOOM_CUDA_GRAPHS", "LOOM_CUDA_GRAPHS_PARTITIONED", "LOOM_GEMV", "LOOM_FUSED_DECODE", "LOOM_FUSED_ROPE", "LOOM_FUSED_GLU", "LOOM_PDL", "LOOM_PDL_TRIGGER", "LOOM_GEMV_BLOCKS_PER_SM", "LOOM_GEMM_TUNE",
-    "LOOM_GEMV_GAMMA_EARLY", "LOOM_GEMV_BALANCE",
 };
 
 /* How the multi-GPU floors are computed (also written into the JSON). */
@@ -690,8 +685,10 @@ int loom_cmd_bench(int argc, char **argv)
         json_object_set_new(j, "model", json_string(a.dummy ? a.dummy : a.model));
         json_object_set_new(j, "dtype", json_string(loom_dtype_name(go.act)));
         json_t *jv = json_object();
-        for (size_t i = 0; i < sizeof loom_env / sizeof loom_env[0]; i++)
-            json_object_set_new(jv, loom_env[i], getenv(loom_env[i]) ? json_string(getenv(loom_env[i])) : json_null());
+        size_t n_sw; /* loom's own switches of the GPU path (worker/gpu_env.c) */
+        const loom_gpu_switch *sw = loom_gpu_switches(&n_sw);
+        for (size_t i = 0; i < n_sw; i++)
+            json_object_set_new(jv, sw[i].name, getenv(sw[i].name) ? json_string(getenv(sw[i].name)) : json_null());
         json_object_set_new(j, "loom_env", jv);
         if (!multi) {
             json_object_set_new(j, "copy_bandwidth_bytes_per_s", json_real(bw));

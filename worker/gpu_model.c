@@ -16,6 +16,7 @@
 #include "../kernels/cuda/ops_cuda.h"
 #include "../kernels/ops.h"
 #include "../util/clock.h"
+#include "gpu_env.h"
 #include "gpu_glue.h"
 #include "model.h"
 
@@ -309,20 +310,14 @@ static loom_status init_common(loom_gpu_model *m, const loom_config *cfg, const 
     m->vrows = dm->v_rows;
     if ((m->tp > 1 || !m->is_first || !m->is_last) && !dist) return loom_err_set(err, LOOM_EINTERNAL, "a partitioned GPU model needs data-plane hooks");
     m->o = *o;
-    const char *g = getenv("LOOM_CUDA_GRAPHS");
-    m->use_graphs = !(g && !strcmp(g, "0"));
-    const char *gp = getenv("LOOM_CUDA_GRAPHS_PARTITIONED");
-    m->graphs_partitioned = !(gp && !strcmp(gp, "0"));
-    const char *gv = getenv("LOOM_GEMV");
-    m->use_gemv = !(gv && !strcmp(gv, "0"));
-    const char *fu = getenv("LOOM_FUSED_DECODE");
-    m->use_fused = m->use_gemv && !(fu && !strcmp(fu, "0"));
-    const char *fr = getenv("LOOM_FUSED_ROPE");
-    m->fused_rope = !(fr && !strcmp(fr, "0"));
-    const char *fg = getenv("LOOM_FUSED_GLU");
-    m->fused_glu = !(fg && !strcmp(fg, "0"));
-    const char *pe = getenv("LOOM_GPU_PROFILE");
-    if (pe && *pe && strcmp(pe, "0")) {
+    LOOM_CHECK(loom_gpu_env_check(err)); /* the switches below, and those the kernels read */
+    m->use_graphs = loom_gpu_env_int("LOOM_CUDA_GRAPHS");
+    m->graphs_partitioned = loom_gpu_env_int("LOOM_CUDA_GRAPHS_PARTITIONED");
+    m->use_gemv = loom_gpu_env_int("LOOM_GEMV");
+    m->use_fused = m->use_gemv && loom_gpu_env_int("LOOM_FUSED_DECODE");
+    m->fused_rope = loom_gpu_env_int("LOOM_FUSED_ROPE");
+    m->fused_glu = loom_gpu_env_int("LOOM_FUSED_GLU");
+    if (loom_gpu_env_int("LOOM_GPU_PROFILE")) {
         m->prof = calloc(1, sizeof *m->prof);
         if (!m->prof) return loom_err_set(err, LOOM_ENOMEM, "out of memory");
     }
@@ -336,8 +331,7 @@ static loom_status init_common(loom_gpu_model *m, const loom_config *cfg, const 
     if (o->device >= n_dev) return loom_err_set(err, LOOM_EINVAL, "CUDA device %d does not exist (%d present)", o->device, n_dev);
     if (o->device >= 0) CUDA_TRY(cudaSetDevice(o->device), "set device"); /* else: the caller's current device */
     CUDA_TRY(cudaStreamCreateWithFlags(&m->stream, cudaStreamNonBlocking), "stream create");
-    const char *pdl = getenv("LOOM_PDL");
-    loom_cuda_set_pdl(!(pdl && !strcmp(pdl, "0")));
+    loom_cuda_set_pdl(loom_gpu_env_int("LOOM_PDL"));
     if (cfg->head_dim > 256)
         return loom_err_set(err, LOOM_EUNSUPPORTED, "the CUDA attention kernels support head_dim up to 256 (this model has %lld)", (long long)cfg->head_dim);
     char msg[256] = "";
