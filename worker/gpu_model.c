@@ -815,7 +815,6 @@ static loom_status launch_step(loom_gpu_model *m, int64_t S, int64_t T, int64_t 
     const int64_t B = o->tokens_per_block;
     const int64_t H = c->hidden_size, I = m->inter, V = c->vocab_size, hd = c->head_dim;
     const int64_t QD = m->nh * hd, KD = m->nkv * hd, QKV = QD + 2 * KD;
-    const size_t es = m->es;
     cudaStream_t st = m->stream;
     if (m->prof) prof_begin(m);
     CUDA_TRY(cudaMemcpyAsync(m->stage_dev, m->stage_host, used, cudaMemcpyHostToDevice, st), "step upload");
@@ -836,9 +835,10 @@ static loom_status launch_step(loom_gpu_model *m, int64_t S, int64_t T, int64_t 
         PROF(P_NORM);
         CUDA_TRY(linear(m, m->qkv, m->xn, L->w_qkv, L->b_qkv, T, H, QKV, st), "qkv gemm");
         PROF(P_QKV);
-        CUDA_TRY(loom_cuda_rope(m->qkv, QKV, off(m->qkv, QD, es), QKV, o->act, m->d_pos, T, m->nh, m->nkv, hd, m->inv_freq, st), "rope");
-        CUDA_TRY(loom_cuda_kv_append(L->pool, off(m->qkv, QD, es), QKV, off(m->qkv, QD + KD, es), QKV, o->act, m->d_slots, T, m->nkv, hd, B, st),
-                 "kv append");
+        /* RoPE on q and k and the KV append in one kernel (k stays unrotated in
+         * qkv: attention reads keys from the pool) */
+        CUDA_TRY(loom_cuda_rope_kv_append(m->qkv, QKV, o->act, m->d_pos, m->d_slots, T, m->nh, m->nkv, hd, m->inv_freq, L->pool, B, st),
+                 "rope + kv append");
         PROF(P_ROPE);
         LOOM_CHECK(attend(m, l, S, T, max_ctx, err));
         PROF(P_ATTN);
