@@ -336,15 +336,19 @@ __global__ void __launch_bounds__(32 * G1_WARPS, 4) gemv1_kernel(Gemv1Args a)
     }
     pdl_wait(); /* from here on, what the kernel before wrote is visible */
     if (a.trigger == 1) pdl_trigger();
-    if (MODE != LOOM_GEMV_SILU_MUL && a.row) x += (int64_t)a.row[0] * n8;
+    if (MODE != LOOM_GEMV_SILU_MUL && a.row) { /* the embedding gather; a negative id reads zeros, as loom_cuda_embedding */
+        const int32_t id = a.row[0];
+        x = id >= 0 ? x + (int64_t)id * n8 : nullptr;
+    }
+    const uint4 zero = make_uint4(0, 0, 0, 0);
     if (MODE == LOOM_GEMV_PLAIN) {
-        for (int i = threadIdx.x; i < n8; i += blockDim.x) xs[i] = x[i];
+        for (int i = threadIdx.x; i < n8; i += blockDim.x) xs[i] = x ? x[i] : zero;
     } else if (MODE == LOOM_GEMV_ADD_RMSNORM) { /* two passes: x + delta, then the norm in act */
         const uint4 *d = static_cast<const uint4 *>(a.delta);
         uint4 *xo = blockIdx.x == 0 ? static_cast<uint4 *>(a.x_out) : nullptr;
         float ss = 0.0f;
         for (int i = threadIdx.x; i < n8; i += blockDim.x) {
-            uint4 v = x[i];
+            uint4 v = x ? x[i] : zero;
             add_residual<P>(v, d, i, ss);
             xs[i] = v;
             if (xo) xo[i] = v;

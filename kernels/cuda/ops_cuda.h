@@ -133,7 +133,8 @@ typedef struct {
     const void *gamma; /* ADD_RMSNORM: the norm weight (in_dim, act) */
     float eps;
     const int32_t *row; /* ADD_RMSNORM or PLAIN, device, or NULL: x is a table and its row row[0]
-                         * (x + row[0] * in_dim) the input: the embedding gather of a one-token step */
+                         * (x + row[0] * in_dim) the input: the embedding gather of a one-token step;
+                         * a negative row[0] reads zeros (as loom_cuda_embedding) */
 } loom_gemv_pre;
 
 /* True when loom_cuda_gemv1 handles this call: fp16/bf16, in_dim % 8 == 0,

@@ -264,6 +264,18 @@ static void check_gemv1(const gemv_weights *g, const gemv1_variant *v)
         verdict(rct == 0 && memcmp(hyt, hy, 2 * (size_t)out) == 0, "gemv1 %s %s in=%lld out=%lld, x row 2 of a table: %s",
                 loom_dtype_name(act), kind_name(v), (long long)in, (long long)out,
                 rct ? "CALL FAILED" : memcmp(hyt, hy, 2 * (size_t)out) ? "y DIFFERS from the plain call's" : "y bitwise the plain call's");
+        if (v->kind == LOOM_GEMV_PLAIN) { /* row -1 reads zeros: y is the bias (or 0), every element written */
+            hrow = -1;
+            upload(drow, &hrow, sizeof hrow);
+            poison(dyt, 2 * (size_t)out);
+            const int rcn = loom_cuda_gemv1(dyt, dtab, g->dw, v->bias ? g->db : NULL, act, in, out, &tpre, NULL);
+            CUDA_CHECK(cudaDeviceSynchronize());
+            download(hyt, dyt, 2 * (size_t)out);
+            int64_t bad = 0;
+            for (int64_t i = 0; i < out; i++) bad += !(from_act(hyt[i], act) == round_act(v->bias ? g->fb[i] : 0.0f, act));
+            verdict(rcn == 0 && bad == 0, "gemv1 %s plain in=%lld out=%lld, table row -1: %lld of %lld not the bias", loom_dtype_name(act),
+                    (long long)in, (long long)out, (long long)bad, (long long)out);
+        }
         cudaFree(dtab); cudaFree(dyt); cudaFree(drow);
         free(htab); free(hyt); free(ftab);
     }
