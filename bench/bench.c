@@ -21,7 +21,7 @@
 #include "../util/fileutil.h"
 #include "../util/json_util.h"
 #include "../worker/config.h"
-#include "../worker/gpu_env.h"
+#include "../util/gpu_env.h"
 #include "../worker/gpu_model.h"
 #include "../worker/model.h"
 #include "bench_args.h"

@@ -16,7 +16,7 @@
 #include "../kernels/cuda/ops_cuda.h"
 #include "../kernels/ops.h"
 #include "../util/clock.h"
-#include "gpu_env.h"
+#include "../util/gpu_env.h"
 #include "gpu_glue.h"
 #include "model.h"
 
@@ -711,6 +711,15 @@ static int linear(loom_gpu_model *m, void *y, const void *x, const void *w, cons
     return loom_cuda_gemm_run(m->gemm, y, x, w, b, m->o.act, n, in, out, st);
 }
 
+/* RoPE on q and k of m->qkv and the KV append into layer l's pool, one
+ * kernel (k stays unrotated in qkv: attention reads keys from the pool). */
+static int rope_append(loom_gpu_model *m, int64_t l, int64_t T)
+{
+    const int64_t hd = m->cfg.head_dim, QKV = (m->nh + 2 * m->nkv) * hd;
+    return loom_cuda_rope_kv_append(m->qkv, QKV, m->o.act, m->d_pos, m->d_slots, T, m->nh, m->nkv, hd, m->inv_freq, m->layers[l].pool,
+                                    m->o.tokens_per_block, m->stream);
+}
+
 /* Layer l's attention over the pool, m->qkv -> m->att: the flash / paged
  * kernels for head_dim 64 and 128, the generic one otherwise. */
 static loom_status attend(loom_gpu_model *m, int64_t l, int64_t S, int64_t T, int64_t max_ctx, loom_err *err)
@@ -774,8 +783,7 @@ static loom_status fused_layers(loom_gpu_model *m, int64_t S, int64_t T, int64_t
         } else {
             CUDA_TRY(loom_cuda_gemv1(m->qkv, x_in, L->w_qkv, L->b_qkv, o->act, H, QKV, &pre_attn, st), "norm + qkv gemv");
             PROF(P_QKV);
-            CUDA_TRY(loom_cuda_rope_kv_append(m->qkv, QKV, o->act, m->d_pos, m->d_slots, T, m->nh, m->nkv, hd, m->inv_freq, L->pool, B, st),
-                     "rope + kv append");
+            CUDA_TRY(rope_append(m, l, T), "rope + kv append");
             PROF(P_ROPE);
         }
         LOOM_CHECK(attend(m, l, S, T, max_ctx, err));
@@ -812,7 +820,6 @@ static loom_status launch_step(loom_gpu_model *m, int64_t S, int64_t T, int64_t 
 {
     const loom_config *c = &m->cfg;
     const loom_gpu_opts *o = &m->o;
-    const int64_t B = o->tokens_per_block;
     const int64_t H = c->hidden_size, I = m->inter, V = c->vocab_size, hd = c->head_dim;
     const int64_t QD = m->nh * hd, KD = m->nkv * hd, QKV = QD + 2 * KD;
     cudaStream_t st = m->stream;
@@ -835,10 +842,7 @@ static loom_status launch_step(loom_gpu_model *m, int64_t S, int64_t T, int64_t 
         PROF(P_NORM);
         CUDA_TRY(linear(m, m->qkv, m->xn, L->w_qkv, L->b_qkv, T, H, QKV, st), "qkv gemm");
         PROF(P_QKV);
-        /* RoPE on q and k and the KV append in one kernel (k stays unrotated in
-         * qkv: attention reads keys from the pool) */
-        CUDA_TRY(loom_cuda_rope_kv_append(m->qkv, QKV, o->act, m->d_pos, m->d_slots, T, m->nh, m->nkv, hd, m->inv_freq, L->pool, B, st),
-                 "rope + kv append");
+        CUDA_TRY(rope_append(m, l, T), "rope + kv append");
         PROF(P_ROPE);
         LOOM_CHECK(attend(m, l, S, T, max_ctx, err));
         PROF(P_ATTN);

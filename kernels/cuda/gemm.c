@@ -43,6 +43,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../../util/gpu_env.h"
 #include "ops_cuda.h"
 
 enum {
@@ -126,10 +127,8 @@ loom_cuda_gemm *loom_cuda_gemm_create(size_t workspace_bytes, char *errbuf, size
         }
     }
     g->workspace_bytes = workspace_bytes;
-    const char *t = getenv("LOOM_GEMM_TUNE");
-    g->tune = t && *t && strcmp(t, "0");
-    const char *v = getenv("LOOM_GPU_PROFILE");
-    g->verbose = v && *v && strcmp(v, "0");
+    g->tune = loom_gpu_env_int("LOOM_GEMM_TUNE");
+    g->verbose = loom_gpu_env_int("LOOM_GPU_PROFILE");
     return g;
 fail:
     loom_cuda_gemm_destroy(g);

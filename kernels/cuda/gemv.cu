@@ -8,10 +8,10 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include "../../util/gpu_env.h"
 #include "ops_cuda.h"
 #include "pdl.cuh"
 
-#include <stdlib.h>
 #include <string.h>
 
 #define ROWS_PER_BLOCK 4
@@ -415,14 +415,6 @@ static int g1_device_setup(int *sms)
     return 0;
 }
 
-/* An integer tuning knob from the environment, clamped to [lo, hi]. */
-static int env_knob(const char *name, int dflt, int lo, int hi)
-{
-    const char *e = getenv(name);
-    long v = e && *e ? strtol(e, NULL, 10) : dflt;
-    return v < lo ? lo : v > hi ? hi : (int)v;
-}
-
 template <typename S, typename P, int EPI>
 static int launch_mode(const Gemv1Args &a, int mode, dim3 grid, dim3 block, size_t smem, cudaStream_t st)
 {
@@ -435,20 +427,19 @@ static int launch_mode(const Gemv1Args &a, int mode, dim3 grid, dim3 block, size
 template <typename S, typename P>
 static int launch1(const Gemv1Args &a, int mode, int epi, int sms, cudaStream_t st)
 {
-    /* Read once: blocks per SM (LOOM_GEMV_BLOCKS_PER_SM, default 2; 4
-     * measured the same), where a PDL launch lets the next kernel start
-     * (LOOM_PDL_TRIGGER: 0 at exit, 1 after the wait (default), 2 after the
-     * rows), and whether ADD_RMSNORM stages gamma before the wait
-     * (LOOM_GEMV_GAMMA_EARLY, default 1: 3.726 against 3.770 ms a batch-1
-     * step on an H200, bench/results/2026-11-21-h200-decode-s4.md), and
-     * whether the grid is cut to whole rounds of rows (LOOM_GEMV_BALANCE,
-     * default 1). */
+    /* Read once (util/gpu_env.c has the ranges and defaults): blocks per SM
+     * (LOOM_GEMV_BLOCKS_PER_SM; 4 measured the same as 2), where a PDL
+     * launch lets the next kernel start (LOOM_PDL_TRIGGER: 0 at exit, 1
+     * after the wait, 2 after the rows), whether ADD_RMSNORM stages gamma
+     * before the wait (LOOM_GEMV_GAMMA_EARLY: 3.726 against 3.770 ms a
+     * batch-1 step on an H200, bench/results/2026-11-21-h200-decode-s4.md),
+     * and whether the grid is cut to whole rounds of rows (LOOM_GEMV_BALANCE). */
     static int bps = -1, trigger = -1, gamma_early = -1, balance = -1;
     if (bps < 0) {
-        balance = env_knob("LOOM_GEMV_BALANCE", 1, 0, 1);
-        bps = env_knob("LOOM_GEMV_BLOCKS_PER_SM", 2, 1, 4);
-        trigger = env_knob("LOOM_PDL_TRIGGER", 1, 0, 2);
-        gamma_early = env_knob("LOOM_GEMV_GAMMA_EARLY", 1, 0, 1);
+        balance = loom_gpu_env_int("LOOM_GEMV_BALANCE");
+        bps = loom_gpu_env_int("LOOM_GEMV_BLOCKS_PER_SM");
+        trigger = loom_gpu_env_int("LOOM_PDL_TRIGGER");
+        gamma_early = loom_gpu_env_int("LOOM_GEMV_GAMMA_EARLY");
     }
     Gemv1Args b = a;
     b.trigger = trigger;
@@ -510,27 +501,30 @@ static int g1_args(Gemv1Args *a, int *mode_out, void *y, const void *x, const vo
     return 0;
 }
 
-extern "C" int loom_cuda_gemv1(void *y, const void *x, const void *w, const void *bias, loom_dtype act, int64_t in_dim, int64_t out_dim,
-                               const loom_gemv_pre *pre, void *stream)
+/* loom_cuda_gemv1 and loom_cuda_gemv1_f32: the plain-store epilogue, y in
+ * act or (y_f32) in fp32. */
+static int gemv1_store(void *y, int y_f32, const void *x, const void *w, const void *bias, loom_dtype act, int64_t in_dim, int64_t out_dim,
+                       const loom_gemv_pre *pre, void *stream)
 {
     Gemv1Args a;
     int mode, sms = 0, rc = g1_args(&a, &mode, y, x, w, bias, act, in_dim, out_dim, pre);
     if (rc || (rc = g1_device_setup(&sms))) return rc;
+    a.y_f32 = y_f32;
     cudaStream_t st = (cudaStream_t)stream;
     if (act == LOOM_F16) return launch1<__half, __half2>(a, mode, EPI_STORE, sms, st);
     return launch1<__nv_bfloat16, __nv_bfloat162>(a, mode, EPI_STORE, sms, st);
 }
 
+extern "C" int loom_cuda_gemv1(void *y, const void *x, const void *w, const void *bias, loom_dtype act, int64_t in_dim, int64_t out_dim,
+                               const loom_gemv_pre *pre, void *stream)
+{
+    return gemv1_store(y, 0, x, w, bias, act, in_dim, out_dim, pre, stream);
+}
+
 extern "C" int loom_cuda_gemv1_f32(float *y, const void *x, const void *w, const void *bias, loom_dtype act, int64_t in_dim,
                                    int64_t out_dim, const loom_gemv_pre *pre, void *stream)
 {
-    Gemv1Args a;
-    int mode, sms = 0, rc = g1_args(&a, &mode, y, x, w, bias, act, in_dim, out_dim, pre);
-    if (rc || (rc = g1_device_setup(&sms))) return rc;
-    a.y_f32 = 1;
-    cudaStream_t st = (cudaStream_t)stream;
-    if (act == LOOM_F16) return launch1<__half, __half2>(a, mode, EPI_STORE, sms, st);
-    return launch1<__nv_bfloat16, __nv_bfloat162>(a, mode, EPI_STORE, sms, st);
+    return gemv1_store(y, 1, x, w, bias, act, in_dim, out_dim, pre, stream);
 }
 
 extern "C" int loom_cuda_gemv1_rope(void *y, const void *x, const void *w, const void *bias, loom_dtype act, int64_t in_dim,

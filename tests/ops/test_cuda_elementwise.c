@@ -16,17 +16,8 @@
 
 #include "../../kernels/cuda/ops_cuda.h"
 #include "../../kernels/ops.h"
-#include "cuda_test.h"
+#include "op_check.h"
 
-static int failures;
-
-static uint64_t rng;
-static float rnd(void) /* uniform in [-1, 1) */
-{
-    rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
-    return (float)(uint32_t)(rng >> 32) / 4294967296.0f * 2.0f - 1.0f;
-}
-static uint32_t rndu(uint32_t n) { rnd(); return (uint32_t)((rng >> 32) % n); }
 
 /* Stores f as dt at dst[i]; returns the value actually stored, widened. */
 static float store(void *dst, loom_dtype dt, int64_t i, float f)
@@ -58,18 +49,6 @@ static double rel_l2(const void *got, loom_dtype dt, const float *ref, int64_t n
     return den > 0 ? sqrt(num / den) : sqrt(num);
 }
 
-static void verdict(int ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void verdict(int ok, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    printf("%s ", ok ? "ok  " : "FAIL");
-    vprintf(fmt, ap);
-    printf("\n");
-    va_end(ap);
-    failures += !ok;
-}
-
 /* Device buffer of `bytes` starting `off` elements of size es past an aligned
  * address (off > 0 turns the 16-byte paths off); *base is what to free. */
 static void *dalloc(void **base, size_t bytes, size_t es, int off)
@@ -78,7 +57,6 @@ static void *dalloc(void **base, size_t bytes, size_t es, int off)
     return (unsigned char *)*base + es * off;
 }
 
-static void poison(void *d, size_t bytes) { CUDA_CHECK(cudaMemset(d, 0xff, bytes)); } /* NaN in every dtype */
 
 /* ---- embedding ---- */
 

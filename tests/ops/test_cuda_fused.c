@@ -38,17 +38,8 @@
 
 #include "../../kernels/cuda/ops_cuda.h"
 #include "../../kernels/ops.h"
-#include "cuda_test.h"
+#include "op_check.h"
 
-static int failures;
-
-static uint64_t rng;
-static float rnd(void) /* uniform in [-1, 1) */
-{
-    rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
-    return (float)(uint32_t)(rng >> 32) / 4294967296.0f * 2.0f - 1.0f;
-}
-static uint32_t rndu(uint32_t n) { rnd(); return (uint32_t)((rng >> 32) % n); }
 
 static uint16_t to_act(float f, loom_dtype dt) { return dt == LOOM_F16 ? loom_f32_to_f16(f) : loom_f32_to_bf16(f); }
 static float from_act(uint16_t h, loom_dtype dt) { return dt == LOOM_F16 ? loom_f16_to_f32(h) : loom_bf16_to_f32(h); }
@@ -67,19 +58,6 @@ static double rel_l2(const uint16_t *got, loom_dtype dt, const float *ref, int64
     return den > 0 ? sqrt(num / den) : sqrt(num);
 }
 
-static void verdict(int ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void verdict(int ok, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    printf("%s ", ok ? "ok  " : "FAIL");
-    vprintf(fmt, ap);
-    printf("\n");
-    va_end(ap);
-    fflush(stdout);
-    failures += !ok;
-}
-
 static void *dmalloc(size_t bytes)
 {
     void *d;
@@ -88,7 +66,6 @@ static void *dmalloc(size_t bytes)
 }
 static void upload(void *d, const void *h, size_t bytes) { CUDA_CHECK(cudaMemcpy(d, h, bytes, cudaMemcpyHostToDevice)); }
 static void download(void *h, const void *d, size_t bytes) { CUDA_CHECK(cudaMemcpy(h, d, bytes, cudaMemcpyDeviceToHost)); }
-static void poison(void *d, size_t bytes) { CUDA_CHECK(cudaMemset(d, 0xff, bytes)); } /* NaN in fp16 and bf16 */
 
 /* n random act values scale * [-1, 1) into h (and widened into f when not NULL). */
 static void fill(uint16_t *h, float *f, int64_t n, float scale, float offset, loom_dtype dt)
@@ -173,6 +150,28 @@ static const gemv1_variant all_variants[] = {
     {LOOM_GEMV_SILU_MUL, 0, 0, 0, 1},
 };
 
+/* The reference prologue vector h (in floats, rounded to act as the kernel
+ * rounds it) and the random inputs behind it: add, x + delta (when delta)
+ * RMS-normalized with gamma, the sum rounded once into hr/fr; else plain x. */
+static void prologue_ref(int add, int delta, int64_t in, loom_dtype act, float eps, uint16_t *hx, uint16_t *hdel, uint16_t *hgam,
+                         uint16_t *hr, float *fx, float *fdel, float *fgam, float *fr, float *h)
+{
+    if (add) {
+        fill(hx, fx, in, 3.0f, 0.0f, act);
+        fill(hdel, fdel, in, 2.0f, 0.0f, act);
+        fill(hgam, fgam, in, 0.5f, 1.0f, act);
+        for (int64_t i = 0; i < in; i++) {
+            hr[i] = to_act(delta ? fx[i] + fdel[i] : fx[i], act); /* the sum rounded once */
+            fr[i] = from_act(hr[i], act);
+        }
+        loom_ops_cpu()->rmsnorm(h, fr, fgam, LOOM_F32, 1, in, eps);
+        for (int64_t i = 0; i < in; i++) h[i] = round_act(h[i], act);
+    } else {
+        fill(hx, fx, in, 2.0f, 0.0f, act);
+        memcpy(h, fx, 4 * (size_t)in);
+    }
+}
+
 static const char *kind_name(const gemv1_variant *v)
 {
     return v->kind == LOOM_GEMV_SILU_MUL ? "silu_mul" : v->kind == LOOM_GEMV_ADD_RMSNORM ? "add_rmsnorm" : "plain";
@@ -197,19 +196,8 @@ static void check_gemv1(const gemv_weights *g, const gemv1_variant *v)
         fill(hx + in, fx + in, in, 2.0f, 0.0f, act); /* up */
         loom_ops_cpu()->swiglu(h, fx, fx + in, in);
         for (int64_t i = 0; i < in; i++) h[i] = round_act(h[i], act);
-    } else if (add) {
-        fill(hx, fx, in, 3.0f, 0.0f, act);
-        fill(hd, fd, in, 2.0f, 0.0f, act);
-        fill(hgam, fgam, in, 0.5f, 1.0f, act);
-        for (int64_t i = 0; i < in; i++) {
-            hr[i] = to_act(v->delta ? fx[i] + fd[i] : fx[i], act); /* the sum rounded once */
-            fr[i] = from_act(hr[i], act);
-        }
-        loom_ops_cpu()->rmsnorm(h, fr, fgam, LOOM_F32, 1, in, eps);
-        for (int64_t i = 0; i < in; i++) h[i] = round_act(h[i], act);
     } else {
-        fill(hx, fx, in, 2.0f, 0.0f, act);
-        memcpy(h, fx, 4 * (size_t)in);
+        prologue_ref(add, v->delta, in, act, eps, hx, hd, hgam, hr, fx, fd, fgam, fr, h);
     }
     loom_ops_cpu()->matmul(ref, h, g->fw, LOOM_F32, v->bias ? g->fb : NULL, 1, in, out);
 
@@ -444,20 +432,7 @@ static void check_gemv1_rope(const gemv_weights *g, int64_t H, int64_t KVH, int6
 
     /* the prologue's vector h as in check_gemv1, the product rounded to act,
      * then q (in ref) and a copy of k rotated */
-    if (add) {
-        fill(hx, fx, in, 3.0f, 0.0f, act);
-        fill(hdel, fdel, in, 2.0f, 0.0f, act);
-        fill(hgam, fgam, in, 0.5f, 1.0f, act);
-        for (int64_t i = 0; i < in; i++) {
-            hr[i] = to_act(fx[i] + fdel[i], act);
-            fr[i] = from_act(hr[i], act);
-        }
-        loom_ops_cpu()->rmsnorm(h, fr, fgam, LOOM_F32, 1, in, eps);
-        for (int64_t i = 0; i < in; i++) h[i] = round_act(h[i], act);
-    } else {
-        fill(hx, fx, in, 2.0f, 0.0f, act);
-        memcpy(h, fx, 4 * (size_t)in);
-    }
+    prologue_ref(add, 1, in, act, eps, hx, hdel, hgam, hr, fx, fdel, fgam, fr, h);
     loom_ops_cpu()->matmul(ref, h, g->fw, LOOM_F32, bias ? g->fb : NULL, 1, in, out);
     for (int64_t j = 0; j < out; j++) ref[j] = round_act(ref[j], act);
     memcpy(kref, ref + qw, 4 * (size_t)kw);
@@ -664,20 +639,7 @@ static void check_gemv1_glu(const gemv_weights *g, int pre_mode, int bias)
 
     /* the prologue's vector h as in check_gemv1, gate and up rounded to act,
      * silu(gate) * up rounded to act */
-    if (add) {
-        fill(hx, fx, in, 3.0f, 0.0f, act);
-        fill(hdel, fdel, in, 2.0f, 0.0f, act);
-        fill(hgam, fgam, in, 0.5f, 1.0f, act);
-        for (int64_t i = 0; i < in; i++) {
-            hr[i] = to_act(fx[i] + fdel[i], act);
-            fr[i] = from_act(hr[i], act);
-        }
-        loom_ops_cpu()->rmsnorm(h, fr, fgam, LOOM_F32, 1, in, eps);
-        for (int64_t i = 0; i < in; i++) h[i] = round_act(h[i], act);
-    } else {
-        fill(hx, fx, in, 2.0f, 0.0f, act);
-        memcpy(h, fx, 4 * (size_t)in);
-    }
+    prologue_ref(add, 1, in, act, eps, hx, hdel, hgam, hr, fx, fdel, fgam, fr, h);
     loom_ops_cpu()->matmul(gu, h, g->fw, LOOM_F32, bias ? g->fb : NULL, 1, in, out);
     for (int64_t j = 0; j < out; j++) gu[j] = round_act(gu[j], act);
     loom_ops_cpu()->swiglu(ref, gu, gu + inter, inter);

@@ -18,34 +18,13 @@
 
 #include "../../kernels/cuda/ops_cuda.h"
 #include "../../worker/sampler.c" /* the CPU sampler itself (its statics included) */
-#include "cuda_test.h"
+#include "op_check.h"
 
-static int failures;
-
-static uint64_t rng;
-static float rnd(void) /* uniform in [-1, 1) */
-{
-    rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
-    return (float)(uint32_t)(rng >> 32) / 4294967296.0f * 2.0f - 1.0f;
-}
-static uint32_t rndu(uint32_t n) { rnd(); return (uint32_t)((rng >> 32) % n); }
 static float rnorm(void)
 {
     float u = 0.5f * (rnd() + 1.0f), v = 0.5f * (rnd() + 1.0f);
     if (u < 1e-7f) u = 1e-7f;
     return sqrtf(-2.0f * logf(u)) * cosf(6.2831853f * v);
-}
-
-static void verdict(int ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void verdict(int ok, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    printf("%s ", ok ? "ok  " : "FAIL");
-    vprintf(fmt, ap);
-    printf("\n");
-    va_end(ap);
-    failures += !ok;
 }
 
 /* ---- one batch of rows on the device ---- */

@@ -1,4 +1,4 @@
-/* Unit test of worker/gpu_env.c: every GPU switch accepts the integers of its
+/* Unit test of util/gpu_env.c: every GPU switch accepts the integers of its
  * range and the empty string (the default), and rejects anything else with
  * an error naming the variable; the reader returns the value or the default. */
 #define _POSIX_C_SOURCE 200809L
@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "worker/gpu_env.h"
+#include "util/gpu_env.h"
 #include "../common/expect.h"
 
 static void clear_all(void)

@@ -1,14 +1,17 @@
 /* loom's GPU switches, read from the environment (README: "Benchmark"): the
- * names with their allowed values, a check that rejects a set switch outside
- * them with a message naming it, and a reader. Kernels that read a switch
- * themselves (kernels/cuda/gemv.cu, pdl.cu, gemm.c) get values already
- * checked when a GPU model was created. */
-#ifndef LOOM_WORKER_GPU_ENV_H
-#define LOOM_WORKER_GPU_ENV_H
+ * names with their allowed values and defaults, a check that rejects a set
+ * switch outside them with a message naming it (a GPU model runs it at
+ * start), and the reader the model and the kernels use. */
+#ifndef LOOM_UTIL_GPU_ENV_H
+#define LOOM_UTIL_GPU_ENV_H
 
 #include <stddef.h>
 
-#include "../util/status.h"
+#include "status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
 
 typedef struct loom_gpu_switch {
     const char *name; /* LOOM_... */
@@ -27,5 +30,9 @@ loom_status loom_gpu_env_check(loom_err *err);
 /* The switch's value: the environment's when set and valid, else its default
  * (also for a name not in the table: -1). */
 int loom_gpu_env_int(const char *name);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif
