@@ -18,6 +18,8 @@ static const loom_gpu_switch switches[] = {
     {"LOOM_GEMV_BLOCKS_PER_SM", 1, 4, 2},      /* one-row GEMV blocks per SM */
     {"LOOM_GEMV_GAMMA_EARLY", 0, 1, 1},        /* the norm weight staged before the PDL wait */
     {"LOOM_GEMV_BALANCE", 0, 1, 1},            /* the grid cut to whole rounds of rows */
+    {"LOOM_DECODE_STEP", 0, 1, 0},             /* batch 1 on one GPU: the whole step as one persistent kernel (slower) */
+    {"LOOM_STEP_PREFETCH", 0, 2, 1},           /* ... prefetching into L2 each layer's K/V (1), and W's first lines (2) */
     {"LOOM_GEMM_TUNE", 0, 1, 0},               /* time cuBLASLt's candidates for small-row shapes */
     {"LOOM_GPU_PROFILE", 0, 1, 0},             /* per-op CUDA-event profile at exit */
 };

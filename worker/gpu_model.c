@@ -24,11 +24,11 @@
 
 /* Op kinds of the per-op profile (LOOM_GPU_PROFILE=1). */
 enum prof_op {
-    P_UPLOAD, P_EMBED, P_NORM, P_QKV, P_ROPE, P_ATTN, P_O, P_GU, P_SILU, P_DOWN, P_COMM, P_LM_HEAD, P_SAMPLE, P_GRAPH, P_N
+    P_UPLOAD, P_EMBED, P_NORM, P_QKV, P_ROPE, P_ATTN, P_O, P_GU, P_SILU, P_DOWN, P_COMM, P_LM_HEAD, P_STEP, P_SAMPLE, P_GRAPH, P_N
 };
 static const char *const prof_names[P_N] = {
     "upload", "embedding", "norms", "qkv gemm", "rope+kv append", "attention", "o gemm", "gate/up gemm", "silu*mul",
-    "down gemm", "comm", "lm_head", "sampling", "graph replay",
+    "down gemm", "comm", "lm_head", "one-kernel step", "sampling", "graph replay",
 };
 enum { PROF_ROWS = 64 };
 
@@ -108,6 +108,10 @@ struct loom_gpu_model {
     int use_fused;  /* LOOM_FUSED_DECODE=0 turns the fused one-token step off */
     int fused_rope; /* LOOM_FUSED_ROPE=0: RoPE + KV append as their own kernel in that step */
     int fused_glu;  /* LOOM_FUSED_GLU=0: SiLU*mul in the down GEMV's prologue, not the gate/up epilogue */
+    int use_step;   /* a one-token step of a whole model as one persistent kernel (LOOM_DECODE_STEP) */
+    loom_step_layer *step_layers; /* device (nl): that kernel's view of the layers */
+    void *step_scratch;
+    size_t step_scratch_bytes;
     /* this partition: local heads, kv heads, MLP width, layers [l0, l0 + nl), vocab rows */
     int64_t nh, nkv, inter, nl, l0;
     int64_t vl, vrows;          /* padded vocab slice per TP rank, rows this rank holds */
@@ -389,6 +393,23 @@ static loom_status alloc_weights(loom_gpu_model *m, loom_err *err)
 }
 
 /* Run state, staging, scratch, then the KV pool from what is left. */
+/* The one-kernel step's table of layer pointers (weights and pools are
+ * allocated by now; the weights' contents may come later). */
+static loom_status upload_step_layers(loom_gpu_model *m, loom_err *err)
+{
+    loom_step_layer *hl = calloc((size_t)m->nl, sizeof *hl);
+    if (!hl) return loom_err_set(err, LOOM_ENOMEM, "out of memory");
+    for (int64_t l = 0; l < m->nl; l++) {
+        const gpu_layer *L = &m->layers[l];
+        hl[l] = (loom_step_layer){L->attn_norm, L->mlp_norm, L->w_qkv, L->b_qkv, L->w_o, L->b_o, L->w_gu, L->b_gu, L->w_down, L->b_down,
+                                  L->pool, m->cfg.layer_window[m->l0 + l]};
+    }
+    cudaError_t rc = cudaMemcpy(m->step_layers, hl, (size_t)m->nl * sizeof *hl, cudaMemcpyHostToDevice);
+    free(hl);
+    CUDA_TRY(rc, "decode step layers");
+    return LOOM_OK;
+}
+
 static loom_status alloc_runtime(loom_gpu_model *m, loom_err *err)
 {
     const loom_config *c = &m->cfg;
@@ -429,6 +450,17 @@ static loom_status alloc_runtime(loom_gpu_model *m, loom_err *err)
     LOOM_CHECK(dalloc(m, &m->stage_dev, m->stage_bytes, "activations (staging)", err));
     LOOM_CHECK(dalloc(m, (void **)&m->d_out, (size_t)S * 4, "activations", err));
     if (cudaMallocHost((void **)&m->h_out, (size_t)S * 4) != cudaSuccess) return loom_err_set(err, LOOM_ENOMEM, "cannot pin memory");
+    /* the one-kernel step (loom_cuda_decode_step): batch 1 of a whole model
+     * on one GPU, the fused step's shapes */
+    m->use_step = m->use_fused && loom_gpu_env_int("LOOM_DECODE_STEP") && m->tp == 1 && m->is_first && m->is_last && m->nl > 0 &&
+                  loom_cuda_decode_step_ok(o->act, H, I, m->nh, m->nkv, hd);
+    if (m->use_step) {
+        m->step_scratch_bytes = loom_cuda_decode_step_scratch_bytes(m->nh, hd, o->max_seq_len);
+        LOOM_CHECK(dalloc(m, (void **)&m->step_layers, (size_t)m->nl * sizeof *m->step_layers, "activations (decode step)", err));
+        LOOM_CHECK(dalloc(m, &m->step_scratch, m->step_scratch_bytes, "activations (decode step)", err));
+        CUDA_TRY(cudaMemset(m->step_scratch, 0, m->step_scratch_bytes), "decode step scratch"); /* barrier and counters start at 0 */
+        ws += (size_t)m->nl * sizeof *m->step_layers + m->step_scratch_bytes;
+    }
     m->mem.workspace = ws;
     /* The KV pool: a fraction of what is free now, or a fixed number of tokens. */
     size_t fr = 0, tot = 0;
@@ -452,6 +484,7 @@ static loom_status alloc_runtime(loom_gpu_model *m, loom_err *err)
     if (!m->free_blocks || !m->seq_blocks || !m->seq_len || !m->seq_nb) return loom_err_set(err, LOOM_ENOMEM, "out of memory");
     for (int64_t b = 0; b < blocks; b++) m->free_blocks[b] = (int32_t)(blocks - 1 - b);
     m->n_free = blocks;
+    if (m->use_step) LOOM_CHECK(upload_step_layers(m, err));
     m->mem.kv = block_bytes * (size_t)blocks;
     m->mem.kv_blocks = blocks;
     m->mem.kv_tokens = blocks * B;
@@ -814,6 +847,35 @@ static loom_status fused_layers(loom_gpu_model *m, int64_t S, int64_t T, int64_t
     return LOOM_OK;
 }
 
+/* Samples the S sequences' next tokens from m->logits and downloads them. */
+static loom_status sample(loom_gpu_model *m, int64_t S, loom_err *err)
+{
+    cudaStream_t st = m->stream;
+    CUDA_TRY(loom_cuda_sample(m->d_out, m->logits, S, m->cfg.vocab_size, m->d_temp, m->d_topk, m->d_topp, m->d_rep, m->d_hist, m->d_hoff,
+                              m->d_seed, m->d_step, m->samp_scratch, st),
+             "sampling");
+    CUDA_TRY(cudaMemcpyAsync(m->h_out, m->d_out, (size_t)S * sizeof(int32_t), cudaMemcpyDeviceToHost, st), "ids download");
+    PROF(P_SAMPLE);
+    return LOOM_OK;
+}
+
+/* One token of a whole model on one GPU (m->use_step): every layer and
+ * lm_head as one persistent kernel, logits into m->logits. */
+static loom_status decode_step(loom_gpu_model *m, loom_err *err)
+{
+    const loom_config *c = &m->cfg;
+    const loom_step s = {
+        .layers = m->step_layers, .n_layers = m->nl, .hidden = c->hidden_size, .inter = m->inter, .n_heads = m->nh,
+        .n_kv_heads = m->nkv, .head_dim = c->head_dim, .tokens_per_block = m->o.tokens_per_block, .vocab = c->vocab_size,
+        .eps = c->rms_norm_eps, .scale = 1.0f / sqrtf((float)c->head_dim), .embed = m->embed, .final_norm = m->final_norm,
+        .lm_head = m->lm_head, .token = m->d_tokens, .pos = m->d_pos, .slot = m->d_slots, .block_table = m->d_bt,
+        .inv_freq = m->inv_freq, .x = m->x, .x2 = m->x2, .qkv = m->qkv, .att = m->att, .o_out = m->o_out, .h = m->h, .mlp = m->mlp,
+        .logits = m->logits, .scratch = m->step_scratch, .scratch_bytes = m->step_scratch_bytes, .max_ctx = m->o.max_seq_len,
+    };
+    CUDA_TRY(loom_cuda_decode_step(&s, m->o.act, m->stream), "decode step (one kernel)");
+    return LOOM_OK;
+}
+
 /* Enqueues one step on the stream: the staging upload, the layers, lm_head,
  * sampling and the ids download. The same sequence is captured as a graph. */
 static loom_status launch_step(loom_gpu_model *m, int64_t S, int64_t T, int64_t max_ctx, size_t used, loom_err *err)
@@ -828,6 +890,11 @@ static loom_status launch_step(loom_gpu_model *m, int64_t S, int64_t T, int64_t 
     PROF(P_UPLOAD);
     const loom_gpu_dist *d = m->dist;
     const bool fused = fused_step(m, T);
+    if (m->use_step && fused) { /* the whole step in one kernel, then sampling */
+        LOOM_CHECK(decode_step(m, err));
+        PROF(P_STEP);
+        return sample(m, S, err);
+    }
     if (m->is_first && !fused) { /* (the fused layer 0 gathers the embedding row itself) */
         CUDA_TRY(loom_cuda_embedding(m->x, o->act, m->embed, o->act, m->d_tokens, T, H, st), "embedding");
         PROF(P_EMBED);
@@ -895,12 +962,7 @@ static loom_status launch_step(loom_gpu_model *m, int64_t S, int64_t T, int64_t 
     } else if (!fused) {
         CUDA_TRY(loom_gpu_cast(m->logits, LOOM_F32, m->logits_act, o->act, S * V, st), "logits cast");
     }
-    CUDA_TRY(loom_cuda_sample(m->d_out, m->logits, S, V, m->d_temp, m->d_topk, m->d_topp, m->d_rep, m->d_hist, m->d_hoff, m->d_seed,
-                              m->d_step, m->samp_scratch, st),
-             "sampling");
-    CUDA_TRY(cudaMemcpyAsync(m->h_out, m->d_out, (size_t)S * sizeof(int32_t), cudaMemcpyDeviceToHost, st), "ids download");
-    PROF(P_SAMPLE);
-    return LOOM_OK;
+    return sample(m, S, err);
 }
 
 loom_status loom_gpu_forward(loom_gpu_model *m, int64_t S, const int64_t *slots, const int64_t *start, const int32_t *tokens,

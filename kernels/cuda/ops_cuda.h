@@ -179,6 +179,66 @@ int loom_cuda_gemv1_rope(void *y, const void *x, const void *w, const void *bias
 int loom_cuda_gemv1_glu(void *y, const void *x, const void *w, const void *bias, loom_dtype act, int64_t in_dim, int64_t inter,
                         const loom_gemv_pre *pre, void *stream);
 
+/* ---- the whole one-token decode step as one kernel (kernels/cuda/decode_step.cu) ----
+ * Batch 1 on one GPU: every layer's phases (norm + QKV GEMV + RoPE + KV
+ * append, attention over the paged pool, o GEMV, norm + gate/up GEMV +
+ * SiLU*mul, down GEMV), then the final norm and lm_head, run as phases of one
+ * persistent grid with grid-wide barriers between them instead of kernel
+ * boundaries. The GEMV phases run loom_cuda_gemv1's row code on the same
+ * vectors, so their outputs are bitwise those of the fused one-kernel-per-op
+ * step; attention (split over warps, merged by the last warp of each head)
+ * rounds differently from loom_cuda_attention, within fp32 accumulation. */
+
+/* One layer's weights (device, act; biases may be NULL) and its pool. */
+typedef struct {
+    const void *attn_norm, *mlp_norm;   /* (hidden) */
+    const void *w_qkv, *b_qkv;          /* ((n_heads + 2 n_kv_heads) head_dim, hidden) */
+    const void *w_o, *b_o;              /* (hidden, n_heads head_dim) */
+    const void *w_gu, *b_gu;            /* ([gate | up] 2 inter, hidden) */
+    const void *w_down, *b_down;        /* (hidden, inter) */
+    void *pool;                         /* paged pool, as loom_cuda_attention's: (blocks, 2, n_kv_heads, B, head_dim) */
+    int64_t window;                     /* sliding window (keys > position - window), 0 = none */
+} loom_step_layer;
+
+typedef struct {
+    const loom_step_layer *layers;      /* device array of n_layers */
+    int64_t n_layers, hidden, inter, n_heads, n_kv_heads, head_dim, tokens_per_block, vocab;
+    float eps, scale;                   /* RMSNorm epsilon; attention's score scale */
+    const void *embed;                  /* (vocab, hidden): layer 0 reads row token[0] (negative: zeros) */
+    const void *final_norm, *lm_head;   /* (hidden), (vocab, hidden) */
+    const int32_t *token, *pos, *slot;  /* device, one each: the token, its position, its pool slot (-1: no append) */
+    const int32_t *block_table;         /* device: the sequence's blocks, covering positions 0..pos */
+    const float *inv_freq;              /* device: head_dim / 2, as loom_cuda_rope's */
+    void *x, *x2, *qkv, *att, *o_out, *h, *mlp; /* activations (act): hidden, hidden, (n_heads + 2 n_kv_heads) head_dim,
+                                                 * n_heads head_dim, hidden, inter, hidden; 16-byte aligned */
+    float *logits;                      /* (vocab) fp32, each value rounded to act first */
+    void *scratch;                      /* loom_cuda_decode_step_scratch_bytes, zeroed once before the first step */
+    size_t scratch_bytes;
+    int64_t max_ctx;                    /* positions the scratch was sized for: pos < max_ctx */
+} loom_step;
+
+/* True when loom_cuda_decode_step handles these shapes: fp16/bf16; hidden
+ * and inter multiples of 8; head_dim 8, 16, 32, 64, 128 or 256; n_heads a
+ * multiple of n_kv_heads; each GEMV's input vector within 96 KiB. */
+int loom_cuda_decode_step_ok(loom_dtype act, int64_t hidden, int64_t inter, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim);
+
+/* Scratch bytes for a step over contexts up to max_ctx (barrier, counters,
+ * attention partials). */
+size_t loom_cuda_decode_step_scratch_bytes(int64_t n_heads, int64_t head_dim, int64_t max_ctx);
+
+/* Runs the step on stream. On return (stream order) logits holds the
+ * token's logits, the pool of every layer its K and V at slot, x the residual
+ * before the last layer's MLP output, mlp that output. Launched as a
+ * cooperative grid that fits on the device at once. The caller guarantees
+ * what the kernel cannot check: pos < max_ctx, token < vocab, the block table
+ * covering 0..pos, every pool 16-byte aligned. A step that fails part-way
+ * (a CUDA error) leaves the scratch's barrier undefined: zero it again before
+ * the next. The first call on a device sets the kernel's attributes, so it
+ * must not be inside a stream capture (gpu_model runs a step plainly before
+ * it captures one). Slower than the fused chain on an H200; LOOM_DECODE_STEP=1
+ * turns it on in a GPU model. */
+int loom_cuda_decode_step(const loom_step *s, loom_dtype act, void *stream);
+
 /* Programmatic dependent launch for the kernels that support it (loom_cuda_gemv1,
  * loom_cuda_rope_kv_append, decode attention): each may start while the kernel
  * before it on the stream finishes, and waits for it (griddepcontrol) before it

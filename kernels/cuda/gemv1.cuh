@@ -1,0 +1,252 @@
+/* The one-row GEMV's device code (kernels/cuda/gemv.cu's loom_cuda_gemv1
+ * and its _rope/_glu/_f32 entries), shared with the persistent decode step
+ * (decode_step.cu): the arguments, the row dot product, the epilogues and the
+ * prologue's residual add. Included by .cu files only. */
+#ifndef LOOM_KERNELS_CUDA_GEMV1_CUH
+#define LOOM_KERNELS_CUDA_GEMV1_CUH
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+template <typename T> __device__ __forceinline__ float2 to_f2(const T v);
+template <> __device__ __forceinline__ float2 to_f2<__half2>(const __half2 v) { return __half22float2(v); }
+template <> __device__ __forceinline__ float2 to_f2<__nv_bfloat162>(const __nv_bfloat162 v) { return __bfloat1622float2(v); }
+template <typename S> __device__ __forceinline__ S from_f(float v);
+template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+template <typename S> __device__ __forceinline__ float s_to_f(S v);
+template <> __device__ __forceinline__ float s_to_f<__half>(__half v) { return __half2float(v); }
+template <> __device__ __forceinline__ float s_to_f<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+
+/* ---- one row, fused prologue (loom_cuda_gemv1) ----
+ * A grid of at most two blocks per SM of G1_WARPS warps; warp k of the grid
+ * takes rows k, k + warps, ... Each block first builds the prologue's vector
+ * in shared memory (x, x + delta normalized, or silu(gate) * up), so the
+ * rows read it from there; the norm's gamma (a weight) is staged before the
+ * PDL wait. W streams with G1_UNROLL 16-byte loads in flight per lane.
+ * (Reading x straight from global memory in the rows instead of staging it
+ * was 14% slower a step; prefetching the start of each warp's first row into
+ * L2, into registers or (cp.async) into shared memory, before or after the
+ * PDL wait, all measured slower on an H200: bench/results/2026-11-21-h200-
+ * decode-fused.md and 2026-11-21-h200-decode-s4.md.) */
+#define G1_WARPS 8
+#define G1_UNROLL 8
+
+struct Gemv1Args {
+    void *y;
+    const void *x, *delta, *gamma, *w, *bias;
+    void *x_out;
+    int in, out;
+    int trigger;           /* PDL: 0 none (at exit), 1 after the wait, 2 after the rows */
+    int gamma_staged;      /* ADD_RMSNORM: gamma copied to smem after the vector before the wait */
+    int y_f32;             /* STORE: y is fp32 (each value rounded to act first) */
+    const int32_t *row;    /* x is a table; the input is its row row[0] (the embedding gather) */
+    int items;             /* work items: out rows, or (ROPE) row pairs of q/k plus v rows */
+    float eps;
+    /* ROPE: the one token's position and pool slot, the pool, the shape */
+    const int32_t *pos, *slot;
+    const float *inv_freq;
+    void *pool;
+    int n_heads, n_kv_heads, head_dim, tokens_per_block;
+    int64_t half_elems; /* elements of a block's K (or V) half */
+};
+
+template <typename P> __device__ __forceinline__ P pack2(float a, float b);
+template <> __device__ __forceinline__ __half2 pack2<__half2>(float a, float b) { return __floats2half2_rn(a, b); }
+template <> __device__ __forceinline__ __nv_bfloat162 pack2<__nv_bfloat162>(float a, float b) { return __floats2bfloat162_rn(a, b); }
+
+/* Sum over the block, to every thread (blockDim.x == 32 * G1_WARPS). */
+__device__ __forceinline__ float g1_block_sum(float v)
+{
+    __shared__ float part[G1_WARPS];
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = v;
+    __syncthreads();
+    float t = 0.0f;
+#pragma unroll
+    for (int k = 0; k < G1_WARPS; k++) t += part[k];
+    return t;
+}
+
+/* acc += the 8 products of one 16-byte chunk of W and of x. */
+template <typename P> __device__ __forceinline__ void dot_chunk(float &acc, const uint4 wv, const uint4 xv)
+{
+    const P *wp = reinterpret_cast<const P *>(&wv), *xp = reinterpret_cast<const P *>(&xv);
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        const float2 p = to_f2<P>(wp[k]), q = to_f2<P>(xp[k]);
+        acc += p.x * q.x + p.y * q.y;
+    }
+}
+
+/* The dot product of W's row wr with the staged vector xs (n8 16-byte
+ * chunks), reduced over the warp (every lane gets it). */
+template <typename P>
+__device__ __forceinline__ float row_dot(const uint4 *__restrict__ wr, const uint4 *xs, int n8, int lane)
+{
+    float acc = 0.0f;
+    int i = lane;
+    for (; i + 32 * (G1_UNROLL - 1) < n8; i += 32 * G1_UNROLL) {
+        uint4 wv[G1_UNROLL];
+#pragma unroll
+        for (int u = 0; u < G1_UNROLL; u++) wv[u] = __ldcs(wr + i + 32 * u);
+#pragma unroll
+        for (int u = 0; u < G1_UNROLL; u++) dot_chunk<P>(acc, wv[u], xs[i + 32 * u]);
+    }
+    /* the rest (under 32 * G1_UNROLL chunks) in batches of predicated loads
+     * in flight together, not one latency per chunk (in 11008: 3 a lane) */
+    constexpr int R = G1_UNROLL / 2;
+    for (; i < n8; i += 32 * R) {
+        uint4 wv[R];
+#pragma unroll
+        for (int u = 0; u < R; u++) wv[u] = i + 32 * u < n8 ? __ldcs(wr + i + 32 * u) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+        for (int u = 0; u < R; u++)
+            if (i + 32 * u < n8) dot_chunk<P>(acc, wv[u], xs[i + 32 * u]);
+    }
+    for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    return acc;
+}
+
+/* Epilogues: the plain store, RoPE + KV append (loom_cuda_gemv1_rope),
+ * SiLU(gate) * up (loom_cuda_gemv1_glu). */
+enum { EPI_STORE = 0, EPI_ROPE = 1, EPI_GLU = 2 };
+
+/* Work item -> W row(s). Plain: item = row. ROPE: items first cover the q
+ * and k heads in rotate_half pairs (row r and r + head_dim / 2 of one head,
+ * one warp computing both), then the v rows one each. GLU: item i is the
+ * pair (gate row i, up row inter + i); a.out = inter. */
+struct RowPair {
+    int r1, r2, head, i; /* r2 < 0: a single row */
+};
+template <int EPI> __device__ __forceinline__ RowPair item_rows(const Gemv1Args &a, int item)
+{
+    if (EPI == EPI_STORE) return {item, -1, 0, 0};
+    if (EPI == EPI_GLU) return {item, a.out + item, 0, item};
+    const int half = a.head_dim / 2, pairs = (a.n_heads + a.n_kv_heads) * half;
+    if (item < pairs) {
+        const int h = item / half, i = item % half, r = h * a.head_dim + i;
+        return {r, r + half, h, i};
+    }
+    return {pairs * 2 + (item - pairs), -1, -1, 0};
+}
+
+/* The rows: each warp takes items item0, item0 + istep, ... and runs the
+ * epilogue on them, reading the staged vector xs. */
+template <typename S, typename P, int EPI>
+__device__ __forceinline__ void g1_rows(const Gemv1Args &a, const uint4 *xs, int item0, int istep, int lane)
+{
+    constexpr bool ROPE = EPI == EPI_ROPE;
+    const int n8 = a.in / 8;
+    const S *w = static_cast<const S *>(a.w);
+    const S *bias = static_cast<const S *>(a.bias);
+    S *y = static_cast<S *>(a.y);
+    S *kdst = nullptr; /* ROPE: the token's slot in the K half of its block, head 0 */
+    if (ROPE) {
+        const int32_t slot = a.slot[0];
+        if (slot >= 0)
+            kdst = static_cast<S *>(a.pool) + (int64_t)(slot / a.tokens_per_block) * 2 * a.half_elems +
+                   (int64_t)(slot % a.tokens_per_block) * a.head_dim;
+    }
+    for (int item = item0; item < a.items; item += istep) {
+        const RowPair rp = item_rows<EPI>(a, item);
+        const float d1 = row_dot<P>(reinterpret_cast<const uint4 *>(w + (size_t)rp.r1 * a.in), xs, n8, lane);
+        const S v1 = from_f<S>(d1 + (bias ? s_to_f<S>(bias[rp.r1]) : 0.0f)); /* rounded as the GEMM's output */
+        if (EPI == EPI_STORE || rp.r2 < 0) {
+            if (lane == 0) {
+                if (EPI == EPI_STORE && a.y_f32) static_cast<float *>(a.y)[rp.r1] = s_to_f<S>(v1);
+                else y[rp.r1] = v1;
+                if (ROPE && rp.head < 0 && kdst) { /* a v row: into the pool's V half */
+                    const int e = rp.r1 - (a.n_heads + a.n_kv_heads) * a.head_dim, h = e / a.head_dim, dd = e % a.head_dim;
+                    kdst[a.half_elems + (int64_t)h * a.tokens_per_block * a.head_dim + dd] = v1;
+                }
+            }
+            continue;
+        }
+        const float d2 = row_dot<P>(reinterpret_cast<const uint4 *>(w + (size_t)rp.r2 * a.in), xs, n8, lane);
+        const S v2 = from_f<S>(d2 + (bias ? s_to_f<S>(bias[rp.r2]) : 0.0f));
+        if (EPI == EPI_GLU) {
+            if (lane == 0) {
+                const float g = s_to_f<S>(v1), u = s_to_f<S>(v2);
+                y[rp.i] = from_f<S>(g / (1.0f + expf(-g)) * u); /* HF: act_fn(gate) * up */
+            }
+            continue;
+        }
+        if (lane == 0) {
+            float sn, cs;
+            sincosf(__fmul_rn((float)a.pos[0], a.inv_freq[rp.i]), &sn, &cs);
+            const float f1 = s_to_f<S>(v1), f2 = s_to_f<S>(v2);
+            const S o1 = from_f<S>(f1 * cs - f2 * sn), o2 = from_f<S>(f2 * cs + f1 * sn);
+            if (rp.head < a.n_heads) { /* q: rotated in place */
+                y[rp.r1] = o1;
+                y[rp.r2] = o2;
+            } else { /* k: as it was in y, rotated into the pool's K half */
+                y[rp.r1] = v1;
+                y[rp.r2] = v2;
+                if (kdst) {
+                    S *kd = kdst + (int64_t)(rp.head - a.n_heads) * a.tokens_per_block * a.head_dim;
+                    kd[rp.i] = o1;
+                    kd[rp.i + a.head_dim / 2] = o2;
+                }
+            }
+        }
+    }
+}
+
+/* x + delta, rounded to act as the residual add is (v in place); the sum of
+ * squares of the result is added to ss. CG: delta is read through L2 only
+ * (it was written in the same kernel, by another block). */
+template <typename P, bool CG = false> __device__ __forceinline__ void add_residual(uint4 &v, const uint4 *d, int i, float &ss)
+{
+    P *vp = reinterpret_cast<P *>(&v);
+    if (d) {
+        const uint4 dv = CG ? __ldcg(d + i) : d[i];
+        const P *dp = reinterpret_cast<const P *>(&dv);
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const float2 f = to_f2<P>(vp[k]), e = to_f2<P>(dp[k]);
+            vp[k] = pack2<P>(f.x + e.x, f.y + e.y); /* rounded once, as the residual add */
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        const float2 f = to_f2<P>(vp[k]);
+        ss += f.x * f.x;
+        ss += f.y * f.y;
+    }
+}
+
+/* v * r * gamma, elementwise in fp32, rounded to act (the norm's second pass). */
+template <typename P> __device__ __forceinline__ uint4 norm_chunk(uint4 v, const uint4 gv, float r)
+{
+    P *vp = reinterpret_cast<P *>(&v);
+    const P *gp = reinterpret_cast<const P *>(&gv);
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        const float2 f = to_f2<P>(vp[k]), e = to_f2<P>(gp[k]);
+        vp[k] = pack2<P>(e.x * (f.x * r), e.y * (f.y * r));
+    }
+    return v;
+}
+
+/* Blocks of G1_WARPS warps for items rows when at most max_blocks fit: when
+ * the last round of rows would keep under 3/4 of the warps busy (balance),
+ * as few blocks as make every round full: 11008 gate/up pairs on 2112 warps
+ * are 5.2 rounds, whose sixth runs a fifth of the warps at a fraction of the
+ * bandwidth; on 1840 warps they are 6 full rounds (3.68 against 3.73 ms a
+ * batch-1 step on an H200). A nearly full last round costs less than the
+ * warps it would take away. */
+static inline int g1_blocks(int items, int max_blocks, int balance)
+{
+    int blocks = (items + G1_WARPS - 1) / G1_WARPS;
+    if (blocks <= max_blocks) return blocks;
+    blocks = max_blocks;
+    const int warps = blocks * G1_WARPS, rounds = (items + warps - 1) / warps;
+    if (balance && 4 * (items - (rounds - 1) * warps) < 3 * warps) blocks = (items + rounds * G1_WARPS - 1) / (rounds * G1_WARPS);
+    return blocks;
+}
+
+#endif
