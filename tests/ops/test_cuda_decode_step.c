@@ -36,14 +36,13 @@
 #include <string.h>
 
 #include "../../kernels/cuda/ops_cuda.h"
+#include "act_check.h"
 #include "op_check.h"
 
 #define EPS 1e-5f
 #define MAX_LAYERS 4
 #define MAX_CTXS 8
 
-static uint16_t to_act(float f, loom_dtype dt) { return dt == LOOM_F16 ? loom_f32_to_f16(f) : loom_f32_to_bf16(f); }
-static float from_act(uint16_t h, loom_dtype dt) { return dt == LOOM_F16 ? loom_f16_to_f32(h) : loom_bf16_to_f32(h); }
 /* The whole step against the composed one: attention's rounding
  * differences, amplified through 1-3 layers of act-rounded activations
  * (and, for head_dim 64 and 128, loom_cuda_attention's softmax weights
@@ -94,21 +93,6 @@ static double rel_l2_f32(const float *got, const float *ref, int64_t n)
         num += d * d;
         den += (double)ref[i] * ref[i];
     }
-    return den > 0 ? sqrt(num / den) : sqrt(num);
-}
-
-/* The same over act values; *n_diff: how many differ bitwise. */
-static double rel_l2_act(const uint16_t *got, const uint16_t *ref, loom_dtype dt, int64_t n, int64_t *n_diff)
-{
-    double num = 0, den = 0;
-    int64_t diff = 0;
-    for (int64_t i = 0; i < n; i++) {
-        const double r = from_act(ref[i], dt), d = (double)from_act(got[i], dt) - r;
-        num += d * d;
-        den += r * r;
-        diff += got[i] != ref[i];
-    }
-    *n_diff = diff;
     return den > 0 ? sqrt(num / den) : sqrt(num);
 }
 

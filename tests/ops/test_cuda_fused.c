@@ -38,11 +38,10 @@
 
 #include "../../kernels/cuda/ops_cuda.h"
 #include "../../kernels/ops.h"
+#include "act_check.h"
 #include "op_check.h"
 
 
-static uint16_t to_act(float f, loom_dtype dt) { return dt == LOOM_F16 ? loom_f32_to_f16(f) : loom_f32_to_bf16(f); }
-static float from_act(uint16_t h, loom_dtype dt) { return dt == LOOM_F16 ? loom_f16_to_f32(h) : loom_bf16_to_f32(h); }
 static float round_act(float f, loom_dtype dt) { return from_act(to_act(f, dt), dt); }
 static double tol_for(loom_dtype dt) { return dt == LOOM_F16 ? 2e-3 : 1e-2; }
 
@@ -389,22 +388,6 @@ static void check_rope_kv(loom_dtype act, int64_t n, int64_t H, int64_t KVH, int
 }
 
 /* ---- loom_cuda_gemv1_rope ---- */
-
-/* got against ref, both n elements in dt: relative L2 as rel_l2's, and how
- * many differ bitwise (*n_diff). */
-static double rel_l2_act(const uint16_t *got, const uint16_t *ref, loom_dtype dt, int64_t n, int64_t *n_diff)
-{
-    double num = 0, den = 0;
-    int64_t diff = 0;
-    for (int64_t i = 0; i < n; i++) {
-        const double r = from_act(ref[i], dt), d = (double)from_act(got[i], dt) - r;
-        num += d * d;
-        den += r * r;
-        diff += got[i] != ref[i];
-    }
-    *n_diff = diff;
-    return den > 0 ? sqrt(num / den) : sqrt(num);
-}
 
 /* One token's QKV projection (g: out = (H + 2 * KVH) * hd rows) with RoPE and
  * the KV append in the epilogue, pre NULL (add 0) or ADD_RMSNORM with delta
