@@ -392,7 +392,6 @@ static loom_status alloc_weights(loom_gpu_model *m, loom_err *err)
     return LOOM_OK;
 }
 
-/* Run state, staging, scratch, then the KV pool from what is left. */
 /* The one-kernel step's table of layer pointers (weights and pools are
  * allocated by now; the weights' contents may come later). */
 static loom_status upload_step_layers(loom_gpu_model *m, loom_err *err)
@@ -410,6 +409,7 @@ static loom_status upload_step_layers(loom_gpu_model *m, loom_err *err)
     return LOOM_OK;
 }
 
+/* Run state, staging, scratch, then the KV pool from what is left. */
 static loom_status alloc_runtime(loom_gpu_model *m, loom_err *err)
 {
     const loom_config *c = &m->cfg;

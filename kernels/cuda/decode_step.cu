@@ -12,15 +12,15 @@
  *   E  down GEMV
  *   ... then add + RMSNorm and lm_head (fp32 logits)
  *
- * with a grid-wide barrier between phases. Before each barrier a warp may
- * prefetch into L2 the first lines of the W rows it reads next
- * (LOOM_STEP_PREFETCH), so that DRAM keeps streaming while the grid waits.
+ * with a grid-wide barrier between phases. Each layer first prefetches its
+ * K/V into L2 (LOOM_STEP_PREFETCH=1, default); at 2 a warp also prefetches
+ * the first lines of the W rows it reads after each barrier (slower).
  * Data written during the kernel by other blocks is read through L2
  * (__ldcg), never through L1, which is not coherent.
  *
  * Measured on an H200 (bench/results/2026-11-21-h200-decode-s5.md), it is
  * slower than the fused kernel chain, so it is off by default
- * (LOOM_DECODE_STEP=1 turns it on): 4.07 against 3.71 ms a batch-1 step of
+ * (LOOM_DECODE_STEP=1 turns it on): 4.13 against 3.71 ms a batch-1 step of
  * the Llama-2-7B shape. Per layer the GEMV phases take about what the
  * kernels do (the barrier and each phase's ramp cost what a boundary did),
  * and attention, a chain of dependent loads (query, keys, values, partials,
@@ -117,20 +117,11 @@ __device__ __forceinline__ void stage_plain(uint4 *xs, const uint4 *x, int n8)
 }
 
 /* xs = RMSNorm(x + delta) * gamma, x_out = x + delta: gemv1_kernel's
- * ADD_RMSNORM prologue, the same arithmetic in the same order. */
+ * ADD_RMSNORM prologue, through L2. */
 template <typename P>
 __device__ __forceinline__ void stage_norm(uint4 *xs, const uint4 *x, const uint4 *delta, const uint4 *gamma, uint4 *x_out, int in, float eps)
 {
-    const int n8 = in / 8;
-    float ss = 0.0f;
-    for (int i = threadIdx.x; i < n8; i += blockDim.x) {
-        uint4 v = x ? __ldcg(x + i) : make_uint4(0, 0, 0, 0);
-        add_residual<P, true>(v, delta, i, ss);
-        xs[i] = v;
-        if (x_out) x_out[i] = v;
-    }
-    const float r = rsqrtf(g1_block_sum(ss) / (float)in + eps);
-    for (int i = threadIdx.x; i < n8; i += blockDim.x) xs[i] = norm_chunk<P>(xs[i], gamma[i], r);
+    add_rmsnorm_into<P, true>(xs, x, delta, gamma, x_out, in, eps);
     __syncthreads();
 }
 
@@ -477,23 +468,26 @@ extern "C" size_t loom_cuda_decode_step_scratch_bytes(int64_t n_heads, int64_t h
     return sizeof(unsigned) * (size_t)(32 + (n_heads + 31) / 32 * 32) + sizeof(float) * (size_t)(n_heads * ms * (2 + head_dim));
 }
 
+/* Elements of the largest GEMV input vector (the shared memory it takes, times 2). */
+static int64_t largest_in(int64_t hidden, int64_t inter, int64_t qd)
+{
+    const int64_t a = hidden > inter ? hidden : inter;
+    return a > qd ? a : qd;
+}
+
 extern "C" int loom_cuda_decode_step_ok(loom_dtype act, int64_t hidden, int64_t inter, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim)
 {
     if ((act != LOOM_F16 && act != LOOM_BF16) || hidden < 8 || inter < 8 || head_dim < 8 || n_heads < 1 || n_kv_heads < 1) return 0;
     if (hidden % 8 || inter % 8 || n_heads % n_kv_heads) return 0;
     if (head_dim != 8 && head_dim != 16 && head_dim != 32 && head_dim != 64 && head_dim != 128 && head_dim != 256) return 0;
-    const int64_t in_max = hidden > inter ? (hidden > n_heads * head_dim ? hidden : n_heads * head_dim)
-                                          : (inter > n_heads * head_dim ? inter : n_heads * head_dim);
-    return in_max * 2 <= DS_MAX_SMEM && hidden * 2 <= DS_MAX_SMEM && n_heads * head_dim < (1 << 24);
+    return n_heads * head_dim < (1 << 24) && largest_in(hidden, inter, n_heads * head_dim) * 2 <= DS_MAX_SMEM;
 }
 
 /* Shared memory of a step: the largest GEMV input vector, or every warp's query in fp32. */
 static size_t step_smem(const loom_step *s)
 {
-    int64_t in_max = s->hidden;
-    if (s->inter > in_max) in_max = s->inter;
-    if (s->n_heads * s->head_dim > in_max) in_max = s->n_heads * s->head_dim;
-    const size_t vec = (size_t)in_max * 2, q = (size_t)G1_WARPS * (size_t)s->head_dim * sizeof(float);
+    const size_t vec = (size_t)largest_in(s->hidden, s->inter, s->n_heads * s->head_dim) * 2,
+                 q = (size_t)G1_WARPS * (size_t)s->head_dim * sizeof(float);
     return vec > q ? vec : q;
 }
 
@@ -513,14 +507,26 @@ template <typename S, typename P> static int launch_step(const loom_step *s, cud
         sms_of[dev] = sms;
     }
     sms = sms_of[dev];
+    /* blocks that fit on an SM, for the last shared-memory size asked on this device */
+    static size_t occ_smem[DS_MAX_DEVICES];
+    static int occ_of[DS_MAX_DEVICES];
     const size_t smem = step_smem(s);
-    int occ = 0;
-    if ((e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, decode_step_kernel<S, P>, 32 * G1_WARPS, smem)) != cudaSuccess) return (int)e;
-    if (occ < 1) return (int)cudaErrorLaunchOutOfResources;
-    /* the same blocks per SM and row balance as loom_cuda_gemv1 (gemv.cu) */
-    int bps = loom_gpu_env_int("LOOM_GEMV_BLOCKS_PER_SM");
-    if (bps > occ) bps = occ;
-    const int grid = bps * sms, balance = loom_gpu_env_int("LOOM_GEMV_BALANCE");
+    if (!occ_of[dev] || occ_smem[dev] != smem) {
+        int occ = 0;
+        if ((e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, decode_step_kernel<S, P>, 32 * G1_WARPS, smem)) != cudaSuccess) return (int)e;
+        if (occ < 1) return (int)cudaErrorLaunchOutOfResources;
+        occ_of[dev] = occ;
+        occ_smem[dev] = smem;
+    }
+    /* read once: the same blocks per SM and row balance as loom_cuda_gemv1
+     * (gemv.cu), and what to prefetch */
+    static int bps_env = -1, balance = -1, prefetch = -1;
+    if (bps_env < 0) {
+        bps_env = loom_gpu_env_int("LOOM_GEMV_BLOCKS_PER_SM");
+        balance = loom_gpu_env_int("LOOM_GEMV_BALANCE");
+        prefetch = loom_gpu_env_int("LOOM_STEP_PREFETCH");
+    }
+    const int grid = (bps_env < occ_of[dev] ? bps_env : occ_of[dev]) * sms;
     StepParams p;
     memset(&p, 0, sizeof p);
     p.s = *s;
@@ -530,7 +536,7 @@ template <typename S, typename P> static int launch_step(const loom_step *s, cud
     p.blocks_gu = g1_blocks((int)s->inter, grid, balance);
     p.blocks_down = g1_blocks((int)s->hidden, grid, balance);
     p.blocks_lm = g1_blocks((int)s->vocab, grid, balance);
-    p.prefetch = loom_gpu_env_int("LOOM_STEP_PREFETCH");
+    p.prefetch = prefetch;
     p.max_splits = (int)max_splits(s->max_ctx);
     cudaLaunchAttribute attr[1];
     attr[0].id = cudaLaunchAttributeCooperative; /* every block resident at once, or the launch fails */

@@ -138,19 +138,8 @@ __global__ void __launch_bounds__(32 * G1_WARPS, 4) gemv1_kernel(Gemv1Args a)
     if (MODE == LOOM_GEMV_PLAIN) {
         for (int i = threadIdx.x; i < n8; i += blockDim.x) xs[i] = x ? x[i] : zero;
     } else if (MODE == LOOM_GEMV_ADD_RMSNORM) { /* two passes: x + delta, then the norm in act */
-        const uint4 *d = static_cast<const uint4 *>(a.delta);
-        uint4 *xo = blockIdx.x == 0 ? static_cast<uint4 *>(a.x_out) : nullptr;
-        float ss = 0.0f;
-        for (int i = threadIdx.x; i < n8; i += blockDim.x) {
-            uint4 v = x ? x[i] : zero;
-            add_residual<P>(v, d, i, ss);
-            xs[i] = v;
-            if (xo) xo[i] = v;
-        }
-        const float r = rsqrtf(g1_block_sum(ss) / (float)a.in + a.eps);
-        for (int i = threadIdx.x; i < n8; i += blockDim.x) {
-            xs[i] = norm_chunk<P>(xs[i], g[i], r);
-        }
+        add_rmsnorm_into<P, false>(xs, x, static_cast<const uint4 *>(a.delta), g, blockIdx.x == 0 ? static_cast<uint4 *>(a.x_out) : nullptr,
+                                   a.in, a.eps);
     } else { /* LOOM_GEMV_SILU_MUL: x = [gate | up] */
         for (int i = threadIdx.x; i < n8; i += blockDim.x) {
             const uint4 gv = x[i], uv = x[n8 + i];

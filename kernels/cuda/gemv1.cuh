@@ -232,6 +232,26 @@ template <typename P> __device__ __forceinline__ uint4 norm_chunk(uint4 v, const
     return v;
 }
 
+/* The ADD_RMSNORM prologue, by the whole block (no trailing sync): xs =
+ * RMSNorm(x + delta) * gamma in act, x_out = x + delta when not NULL (x NULL
+ * reads zeros, delta NULL adds nothing). CG: x and delta are read through L2
+ * only (written in the same kernel by other blocks). */
+template <typename P, bool CG>
+__device__ __forceinline__ void add_rmsnorm_into(uint4 *xs, const uint4 *x, const uint4 *delta, const uint4 *gamma, uint4 *x_out, int in,
+                                                 float eps)
+{
+    const int n8 = in / 8;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < n8; i += blockDim.x) {
+        uint4 v = x ? (CG ? __ldcg(x + i) : x[i]) : make_uint4(0, 0, 0, 0);
+        add_residual<P, CG>(v, delta, i, ss);
+        xs[i] = v;
+        if (x_out) x_out[i] = v;
+    }
+    const float r = rsqrtf(g1_block_sum(ss) / (float)in + eps);
+    for (int i = threadIdx.x; i < n8; i += blockDim.x) xs[i] = norm_chunk<P>(xs[i], gamma[i], r);
+}
+
 /* Blocks of G1_WARPS warps for items rows when at most max_blocks fit: when
  * the last round of rows would keep under 3/4 of the warps busy (balance),
  * as few blocks as make every round full: 11008 gate/up pairs on 2112 warps

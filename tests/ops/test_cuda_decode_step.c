@@ -58,15 +58,6 @@ static double tol_for(loom_dtype dt) { return dt == LOOM_F16 ? 5e-3 : 4e-2; }
 static double tol_att_gen(loom_dtype dt) { return dt == LOOM_F16 ? 3e-4 : 3e-3; }
 static double tol_att_tc(loom_dtype dt) { return dt == LOOM_F16 ? 1e-3 : 8e-3; }
 
-static void *dmalloc(size_t bytes)
-{
-    void *d;
-    CUDA_CHECK(cudaMalloc(&d, bytes ? bytes : 16));
-    return d;
-}
-static void upload(void *d, const void *h, size_t bytes) { CUDA_CHECK(cudaMemcpy(d, h, bytes, cudaMemcpyHostToDevice)); }
-static void download(void *h, const void *d, size_t bytes) { CUDA_CHECK(cudaMemcpy(h, d, bytes, cudaMemcpyDeviceToHost)); }
-
 /* n random act values offset + scale * [-1, 1) into h. */
 static void fill(uint16_t *h, int64_t n, float scale, float offset, loom_dtype dt)
 {

@@ -57,15 +57,6 @@ static double rel_l2(const uint16_t *got, loom_dtype dt, const float *ref, int64
     return den > 0 ? sqrt(num / den) : sqrt(num);
 }
 
-static void *dmalloc(size_t bytes)
-{
-    void *d;
-    CUDA_CHECK(cudaMalloc(&d, bytes ? bytes : 16));
-    return d;
-}
-static void upload(void *d, const void *h, size_t bytes) { CUDA_CHECK(cudaMemcpy(d, h, bytes, cudaMemcpyHostToDevice)); }
-static void download(void *h, const void *d, size_t bytes) { CUDA_CHECK(cudaMemcpy(h, d, bytes, cudaMemcpyDeviceToHost)); }
-
 /* n random act values scale * [-1, 1) into h (and widened into f when not NULL). */
 static void fill(uint16_t *h, float *f, int64_t n, float scale, float offset, loom_dtype dt)
 {
