@@ -30,8 +30,16 @@ namespace {
 constexpr int kThreads = 128;          /* 4 warps per block, every kernel */
 constexpr int kBN = 64;                /* keys per K/V tile */
 constexpr int kPad = 8;                /* elements of padding per smem row: ldmatrix without bank conflicts */
-constexpr int kSplitMinKeys = 128;     /* fewest keys a multi-block split gets */
-constexpr int kSplitTargetBlocks = 1024; /* multi-block: blocks to aim for per launch */
+constexpr int kSplitMinKeys = 128;     /* fewest keys a split prefill gets */
+/* Multi-block decode. The auto rule is TensorRT-LLM's (sequences x heads
+ * under half the SMs) with a much shorter context: a split pays from 2 tiles
+ * of keys on. Measured on an H200, Llama-2-7B shape, batch 1 (bench/results/
+ * 2026-11-21-h200-decode-s6.md): unsplit, a 384-key decode took 16 us a
+ * layer, a 64-key tile in series after another; split, 7 us plus 1.2 for the
+ * reduction. 4 blocks per SM matched 3 and beat 6, 8 and the former 1024. */
+constexpr int kDecodeSplitMinKeys = 64;     /* fewest keys a split gets: one tile */
+constexpr int kDecodeSplitMinCtx = 128;     /* auto: split only longer contexts (at 16/112 splitting lost 1%) */
+constexpr int kDecodeSplitBlocksPerSM = 4;  /* blocks to aim for per launch, per SM */
 constexpr int kSplitForced = 4;        /* multi_block = 1: at least this many splits when the context allows */
 constexpr int kSplitBlocksPerSM = 2;   /* split prefill: blocks to aim for per SM (two fit: 87 KB smem each at d128) */
 constexpr int kMaxDevices = 64;
@@ -590,7 +598,9 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(Params p)
     /* Launched with PDL in a decode step: q and the pool come from the kernel
      * before. No early trigger: letting the next kernel launch right after the
      * wait made batch-1 steps 12% slower on an H200 (bench/results/
-     * 2026-11-21-h200-decode-fused.md); it launches when this grid exits. */
+     * 2026-11-21-h200-decode-fused.md); it launches when this grid exits.
+     * Requesting the cached keys' first tile before the wait measured slower
+     * too (3.70 against 3.67 ms a step, 2026-11-21-h200-decode-s6.md). */
     pdl_wait();
     const int s = blockIdx.z;
     const int g = blockIdx.y / p.rt_grid, rt0 = blockIdx.y % p.rt_grid;
@@ -718,12 +728,14 @@ template <typename K> cudaError_t allow_smem(K kernel, size_t bytes, bool *done)
 int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 /* Largest split count any decode launch with these sizes may use (the
- * scratch bound): splits never exceed ceil(max_ctx / kSplitMinKeys), nor
- * ceil(kSplitTargetBlocks / n_seqs) except in forced mode's kSplitForced. */
+ * scratch bound): splits never exceed ceil(max_ctx / kDecodeSplitMinKeys),
+ * nor ceil(kDecodeSplitBlocksPerSM * SMs / n_seqs) except in forced mode's
+ * kSplitForced. */
 int64_t max_splits(int64_t n_seqs, int64_t max_ctx)
 {
-    const int64_t by_ctx = cdiv(max_ctx > 0 ? max_ctx : 1, kSplitMinKeys);
-    int64_t s = cdiv(kSplitTargetBlocks, n_seqs > 0 ? n_seqs : 1);
+    const int64_t by_ctx = cdiv(max_ctx > 0 ? max_ctx : 1, kDecodeSplitMinKeys);
+    const int64_t sms = sm_count() > 0 ? sm_count() : 132;
+    int64_t s = cdiv(kDecodeSplitBlocksPerSM * sms, n_seqs > 0 ? n_seqs : 1);
     if (s < kSplitForced) s = kSplitForced;
     return s < by_ctx ? s : by_ctx;
 }
@@ -836,15 +848,16 @@ cudaError_t launch(Params p, int64_t n_tokens, int64_t max_ctx, int multi, void 
     const int64_t span = p.window > 0 && p.window < max_ctx ? p.window : max_ctx;
     if (multi < 0) {
         const int sms = sm_count();
-        multi = scratch && (int64_t)p.n_seqs * p.n_heads < sms / 2 && max_ctx > 1024;
+        multi = scratch && (int64_t)p.n_seqs * p.n_heads < sms / 2 && span > kDecodeSplitMinCtx;
     }
     if (multi && !scratch) return cudaErrorInvalidValue;
     if (!multi) {
         return pdl_launch(decode_kernel<T, D>, dim3(1, p.n_kv_heads * p.rt_grid, p.n_seqs), dim3(kThreads), S::smem, st, p);
     }
-    /* Enough blocks to fill the machine, each with at least kSplitMinKeys keys. */
-    const int64_t by_ctx = cdiv(span > 0 ? span : 1, kSplitMinKeys);
-    int64_t splits = cdiv(kSplitTargetBlocks, (int64_t)p.n_seqs * p.n_kv_heads * p.rt_grid);
+    /* Enough blocks to fill the machine, each with at least kDecodeSplitMinKeys keys. */
+    const int64_t by_ctx = cdiv(span > 0 ? span : 1, kDecodeSplitMinKeys);
+    const int64_t sms = sm_count() > 0 ? sm_count() : 132;
+    int64_t splits = cdiv(kDecodeSplitBlocksPerSM * sms, (int64_t)p.n_seqs * p.n_kv_heads * p.rt_grid);
     if (splits > by_ctx) splits = by_ctx;
     if (multi == 1 && splits < kSplitForced) splits = by_ctx < kSplitForced ? by_ctx : kSplitForced;
     if (multi == 1 && split_bytes(n_tokens * p.n_heads, splits, D) > scratch_bytes) return cudaErrorInvalidValue;
