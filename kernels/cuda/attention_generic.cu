@@ -8,16 +8,11 @@
 #include <cuda_runtime.h>
 #include <math.h>
 
+#include "act_convert.cuh"
 #include "ops_cuda.h"
 
 #define MAX_PER_LANE 8 /* head_dim <= 256 */
 
-template <typename T> __device__ __forceinline__ float to_f(T v);
-template <> __device__ __forceinline__ float to_f<__half>(__half v) { return __half2float(v); }
-template <> __device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T> __device__ __forceinline__ T from_f(float v);
-template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
 template <typename T>
 __global__ void attn_generic(T *out, const T *q, int64_t q_stride, const T *pool, const int32_t *q_start, const int32_t *ctx_len,
@@ -39,7 +34,7 @@ __global__ void attn_generic(T *out, const T *q, int64_t q_stride, const T *pool
     float qv[MAX_PER_LANE], acc[MAX_PER_LANE];
     for (int i = 0; i < per; i++) {
         int d = lane + 32 * i;
-        qv[i] = d < hd ? to_f(q[(int64_t)t * q_stride + (int64_t)h * hd + d]) * scale : 0.0f;
+        qv[i] = d < hd ? to_f32(q[(int64_t)t * q_stride + (int64_t)h * hd + d]) * scale : 0.0f;
         acc[i] = 0.0f;
     }
     float mx = -INFINITY, sum = 0.0f;
@@ -52,20 +47,20 @@ __global__ void attn_generic(T *out, const T *q, int64_t q_stride, const T *pool
         float dot = 0.0f;
         for (int i = 0; i < per; i++) {
             int d = lane + 32 * i;
-            if (d < hd) dot += qv[i] * to_f(kb[d]);
+            if (d < hd) dot += qv[i] * to_f32(kb[d]);
         }
         for (int o = 16; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
         float nm = fmaxf(mx, dot), c = __expf(mx - nm), p = __expf(dot - nm);
         sum = sum * c + p;
         for (int i = 0; i < per; i++) {
             int d = lane + 32 * i;
-            acc[i] = acc[i] * c + (d < hd ? p * to_f(vb[d]) : 0.0f);
+            acc[i] = acc[i] * c + (d < hd ? p * to_f32(vb[d]) : 0.0f);
         }
         mx = nm;
     }
     for (int i = 0; i < per; i++) {
         int d = lane + 32 * i;
-        if (d < hd) out[((int64_t)t * n_heads + h) * hd + d] = from_f<T>(acc[i] / sum);
+        if (d < hd) out[((int64_t)t * n_heads + h) * hd + d] = from_f32<T>(acc[i] / sum);
     }
 }
 

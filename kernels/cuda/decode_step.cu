@@ -328,7 +328,7 @@ __device__ void attention_phase(const StepParams &p, const loom_step_layer &L, f
     for (int item = warp * gridDim.x + blockIdx.x; item < nh * n_split; item += nwarps) {
         const int h = item / n_split, split = item % n_split;
         const S *q = static_cast<const S *>(s.qkv) + (int64_t)h * hd;
-        for (int d = lane; d < hd; d += 32) qs[d] = s_to_f<S>(ldcg_s(q + d)) * qscale; /* q: written in phase A */
+        for (int d = lane; d < hd; d += 32) qs[d] = to_f32<S>(ldcg_s(q + d)) * qscale; /* q: written in phase A */
         __syncwarp();
         const int ja = j0 + split * kps, jb = ja + kps < pos + 1 ? ja + kps : pos + 1;
         switch (hd) {

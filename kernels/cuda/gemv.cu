@@ -72,9 +72,9 @@ __global__ void __launch_bounds__(32 * ROWS_PER_BLOCK) gemv_kernel(S *__restrict
         acc[j] = v;
     }
     if (lane == 0) {
-        float b = bias ? s_to_f<S>(bias[row]) : 0.0f;
+        float b = bias ? to_f32<S>(bias[row]) : 0.0f;
 #pragma unroll
-        for (int j = 0; j < N; j++) y[(size_t)j * out + row] = from_f<S>(acc[j] + b);
+        for (int j = 0; j < N; j++) y[(size_t)j * out + row] = from_f32<S>(acc[j] + b);
     }
 }
 

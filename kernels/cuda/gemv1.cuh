@@ -10,16 +10,11 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "act_convert.cuh"
+
 template <typename T> __device__ __forceinline__ float2 to_f2(const T v);
 template <> __device__ __forceinline__ float2 to_f2<__half2>(const __half2 v) { return __half22float2(v); }
 template <> __device__ __forceinline__ float2 to_f2<__nv_bfloat162>(const __nv_bfloat162 v) { return __bfloat1622float2(v); }
-template <typename S> __device__ __forceinline__ S from_f(float v);
-template <> __device__ __forceinline__ __half from_f<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-template <typename S> __device__ __forceinline__ float s_to_f(S v);
-template <> __device__ __forceinline__ float s_to_f<__half>(__half v) { return __half2float(v); }
-template <> __device__ __forceinline__ float s_to_f<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
-
 
 /* ---- one row, fused prologue (loom_cuda_gemv1) ----
  * A grid of at most two blocks per SM of G1_WARPS warps; warp k of the grid
@@ -154,10 +149,10 @@ __device__ __forceinline__ void g1_rows(const Gemv1Args &a, const uint4 *xs, int
     for (int item = item0; item < a.items; item += istep) {
         const RowPair rp = item_rows<EPI>(a, item);
         const float d1 = row_dot<P>(reinterpret_cast<const uint4 *>(w + (size_t)rp.r1 * a.in), xs, n8, lane);
-        const S v1 = from_f<S>(d1 + (bias ? s_to_f<S>(bias[rp.r1]) : 0.0f)); /* rounded as the GEMM's output */
+        const S v1 = from_f32<S>(d1 + (bias ? to_f32<S>(bias[rp.r1]) : 0.0f)); /* rounded as the GEMM's output */
         if (EPI == EPI_STORE || rp.r2 < 0) {
             if (lane == 0) {
-                if (EPI == EPI_STORE && a.y_f32) static_cast<float *>(a.y)[rp.r1] = s_to_f<S>(v1);
+                if (EPI == EPI_STORE && a.y_f32) static_cast<float *>(a.y)[rp.r1] = to_f32<S>(v1);
                 else y[rp.r1] = v1;
                 if (ROPE && rp.head < 0 && kdst) { /* a v row: into the pool's V half */
                     const int e = rp.r1 - (a.n_heads + a.n_kv_heads) * a.head_dim, h = e / a.head_dim, dd = e % a.head_dim;
@@ -167,19 +162,19 @@ __device__ __forceinline__ void g1_rows(const Gemv1Args &a, const uint4 *xs, int
             continue;
         }
         const float d2 = row_dot<P>(reinterpret_cast<const uint4 *>(w + (size_t)rp.r2 * a.in), xs, n8, lane);
-        const S v2 = from_f<S>(d2 + (bias ? s_to_f<S>(bias[rp.r2]) : 0.0f));
+        const S v2 = from_f32<S>(d2 + (bias ? to_f32<S>(bias[rp.r2]) : 0.0f));
         if (EPI == EPI_GLU) {
             if (lane == 0) {
-                const float g = s_to_f<S>(v1), u = s_to_f<S>(v2);
-                y[rp.i] = from_f<S>(g / (1.0f + expf(-g)) * u); /* HF: act_fn(gate) * up */
+                const float g = to_f32<S>(v1), u = to_f32<S>(v2);
+                y[rp.i] = from_f32<S>(g / (1.0f + expf(-g)) * u); /* HF: act_fn(gate) * up */
             }
             continue;
         }
         if (lane == 0) {
             float sn, cs;
             sincosf(__fmul_rn((float)a.pos[0], a.inv_freq[rp.i]), &sn, &cs);
-            const float f1 = s_to_f<S>(v1), f2 = s_to_f<S>(v2);
-            const S o1 = from_f<S>(f1 * cs - f2 * sn), o2 = from_f<S>(f2 * cs + f1 * sn);
+            const float f1 = to_f32<S>(v1), f2 = to_f32<S>(v2);
+            const S o1 = from_f32<S>(f1 * cs - f2 * sn), o2 = from_f32<S>(f2 * cs + f1 * sn);
             if (rp.head < a.n_heads) { /* q: rotated in place */
                 y[rp.r1] = o1;
                 y[rp.r2] = o2;
