@@ -1,7 +1,10 @@
 /* Attention over the paged KV cache. kv_append scatters new K/V rows into the
  * pool; one flash-attention tile routine (mma.sync m16n8k16 on fp16/bf16, fp32
  * online softmax, K/V tiles of 64 keys streamed from the pool by cp.async into
- * a two-stage shared-memory ring) serves both prefill and decode.
+ * a two-stage shared-memory ring) serves prefill, and decode when a query
+ * group is over 8 heads; decode of smaller groups (MHA, most GQA) runs
+ * attention_decode.cu's kernel on CUDA cores, whose one-row groups do not
+ * waste 15 of the MMA's 16 rows.
  *
  * A tile's rows are (token, query head) pairs of one kv-head group, token
  * major (FlashInfer's packing for GQA), so every K/V tile read is shared by the
@@ -22,6 +25,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "attention_decode.h"
 #include "ops_cuda.h"
 #include "pdl.cuh"
 
@@ -43,7 +47,6 @@ constexpr int kDecodeSplitBlocksPerSM = 4;  /* blocks to aim for per launch, per
 constexpr int kSplitForced = 4;        /* multi_block = 1: at least this many splits when the context allows */
 constexpr int kSplitBlocksPerSM = 2;   /* split prefill: blocks to aim for per SM (two fit: 87 KB smem each at d128) */
 constexpr int kMaxDevices = 64;
-
 struct Params {
     void *out;               /* (n_tokens, n_heads, D) act */
     const void *q;           /* (n_tokens, n_heads, D) act, rows q_stride apart */
@@ -830,14 +833,80 @@ cudaError_t launch_prefill(Params p, int64_t n_tokens, int64_t max_ctx, int mult
     return launch_reduce<T, D>(p, n_tokens, st);
 }
 
+/* Decode batches of query groups up to ATT_ROWS_MAX_GROUP: attention_decode.cu's
+ * kernel. Auto mode splits by decode_kernel's rule; the splits then fill one
+ * wave of resident blocks (at most kDecodeSplitBlocksPerSM per SM, the
+ * scratch bound), each at least kDecodeSplitMinKeys keys, and the reduction
+ * kernel merges them. Measured on an H200, Llama-2-7B shape, batch 1
+ * (bench/results/2026-11-21-h200-decode-s7.md): one wave beat 4 blocks per
+ * SM (two waves at 3 resident) by 1.8% a step at 2048/256; merging the
+ * partials in the last split to finish (an arrival counter) was 1% slower
+ * than the reduction kernel; a 32- or 16-key minimum changed nothing. */
 template <typename T, int D>
-cudaError_t launch(Params p, int64_t n_tokens, int64_t max_ctx, int multi, void *scratch, size_t scratch_bytes, cudaStream_t st)
+cudaError_t launch_rows(const Params &p, loom_dtype act, int64_t n_tokens, int64_t max_ctx, int multi, void *scratch,
+                        size_t scratch_bytes, cudaStream_t st)
+{
+    AttRowsArgs a;
+    memset(&a, 0, sizeof a);
+    a.out = p.out;
+    a.q = p.q;
+    a.pool = p.pool;
+    a.q_start = p.q_start;
+    a.ctx_len = p.ctx_len;
+    a.block_tables = p.block_tables;
+    a.q_stride = p.q_stride;
+    a.max_blocks = p.max_blocks;
+    a.n_heads = p.n_heads;
+    a.n_kv_heads = p.n_kv_heads;
+    a.group = p.group;
+    a.block_shift = p.block_shift;
+    a.window = p.window;
+    a.q_vec = p.q_vec;
+    a.scale_log2 = p.scale_log2;
+    a.min_chunk = kDecodeSplitMinKeys;
+    const int64_t span = p.window > 0 && p.window < max_ctx ? p.window : max_ctx;
+    const int64_t sms = sm_count() > 0 ? sm_count() : 132;
+    const int64_t rows = n_tokens * p.n_heads;
+    if (multi < 0) multi = scratch && (int64_t)p.n_seqs * p.n_heads < sms / 2 && span > kDecodeSplitMinCtx;
+    if (multi && !scratch) return cudaErrorInvalidValue;
+    int64_t splits = 1;
+    if (multi) {
+        const int64_t by_ctx = cdiv(span > 0 ? span : 1, kDecodeSplitMinKeys);
+        int64_t per_sm = att_rows_blocks_per_sm(act, p.group, D);
+        if (per_sm > kDecodeSplitBlocksPerSM) per_sm = kDecodeSplitBlocksPerSM;
+        splits = per_sm * sms / ((int64_t)p.n_seqs * p.n_kv_heads); /* one wave */
+        if (splits < 1) splits = 1;
+        if (splits > by_ctx) splits = by_ctx;
+        if (multi == 1 && splits < kSplitForced) splits = by_ctx < kSplitForced ? by_ctx : kSplitForced;
+        if (multi == 1 && split_bytes(rows, splits, D) > scratch_bytes) return cudaErrorInvalidValue;
+        while (splits > 1 && split_bytes(rows, splits, D) > scratch_bytes) splits--;
+    }
+    a.n_splits = (int)splits;
+    if (splits > 1) {
+        const size_t lse_bytes = ((size_t)rows * splits * sizeof(float) + 255) & ~(size_t)255;
+        a.part_lse = static_cast<float *>(scratch);
+        a.part_o = reinterpret_cast<float *>(static_cast<unsigned char *>(scratch) + lse_bytes);
+    }
+    cudaError_t e = att_rows_launch(a, act, D, p.n_seqs, st);
+    if (e != cudaSuccess || splits == 1) return e;
+    Params r = p;
+    r.part_o = a.part_o;
+    r.part_lse = a.part_lse;
+    r.n_splits = (int)splits;
+    return launch_reduce<T, D>(r, n_tokens, st);
+}
+
+template <typename T, int D>
+cudaError_t launch(Params p, loom_dtype act, int64_t n_tokens, int64_t max_ctx, int multi, void *scratch, size_t scratch_bytes,
+                   cudaStream_t st)
 {
     const bool decode = n_tokens == p.n_seqs;
     p.part_o = nullptr;
     p.part_lse = nullptr;
     p.n_splits = 1;
     p.chunk = 0;
+    if (decode && att_rows_ok(p.group, D))
+        return launch_rows<T, D>(p, act, n_tokens, max_ctx, multi, scratch, scratch_bytes, st);
     if (!decode) return launch_prefill<T, D, kPrefillMT, kPrefillBN>(p, n_tokens, max_ctx, multi, scratch, scratch_bytes, st);
 
     using S = Shape<T, D, kDecodeWM, kDecodeWN, kDecodeMT, kBN>;
@@ -943,11 +1012,11 @@ extern "C" int loom_cuda_attention(void *out, const void *q, int64_t q_stride, c
     cudaStream_t st = static_cast<cudaStream_t>(stream);
     cudaError_t e;
     if (act == LOOM_F16)
-        e = head_dim == 64 ? launch<__half, 64>(p, n_tokens, max_ctx, multi_block, scratch, scratch_bytes, st)
-                           : launch<__half, 128>(p, n_tokens, max_ctx, multi_block, scratch, scratch_bytes, st);
+        e = head_dim == 64 ? launch<__half, 64>(p, act, n_tokens, max_ctx, multi_block, scratch, scratch_bytes, st)
+                           : launch<__half, 128>(p, act, n_tokens, max_ctx, multi_block, scratch, scratch_bytes, st);
     else
-        e = head_dim == 64 ? launch<__nv_bfloat16, 64>(p, n_tokens, max_ctx, multi_block, scratch, scratch_bytes, st)
-                           : launch<__nv_bfloat16, 128>(p, n_tokens, max_ctx, multi_block, scratch, scratch_bytes, st);
+        e = head_dim == 64 ? launch<__nv_bfloat16, 64>(p, act, n_tokens, max_ctx, multi_block, scratch, scratch_bytes, st)
+                           : launch<__nv_bfloat16, 128>(p, act, n_tokens, max_ctx, multi_block, scratch, scratch_bytes, st);
     return (int)e;
 }
 

@@ -271,12 +271,14 @@ int loom_cuda_kv_append(void *pool, const void *k, int64_t k_stride, const void 
  * window > 0). block_tables (n_seqs, max_blocks) int32. Query head h reads kv
  * head h / (n_heads / n_kv_heads). head_dim 64 or 128. Scores scaled by scale.
  * Prefill-shaped batches use a flash-attention kernel; one-token-per-sequence
- * batches use the paged decode kernel, split over several thread blocks per
- * (sequence, head) with a reduction of partial results (multi-block /
- * flash-decoding) when multi_block is 1, or when it is -1 (auto) and
- * n_seqs * n_heads < SMs / 2 and the context (the window, when shorter) is
- * longer than 128 tokens: TensorRT-LLM's rule with its ~1024-token threshold
- * lowered, as measured on an H200 (attention.cu).
+ * batches use a paged decode kernel (on CUDA cores, attention_decode.cu, for
+ * query groups n_heads / n_kv_heads up to 8; the flash tile for larger
+ * groups), split over several thread blocks per (sequence, head) with a
+ * reduction of partial results (multi-block / flash-decoding) when
+ * multi_block is 1, or when it is -1 (auto) and n_seqs * n_heads < SMs / 2
+ * and the context (the window, when shorter) is longer than 128 tokens:
+ * TensorRT-LLM's rule with its ~1024-token threshold lowered, as measured on
+ * an H200 (attention.cu).
  * A prefill batch whose row tiles keep at most half the SMs busy (a short
  * chunk over a long cached prefix) splits its keys the same way when
  * multi_block is -1 and the context spans at least two splits, or always when

@@ -53,6 +53,7 @@ struct att_case {
     const int *n_new, *ctx; /* per sequence: new tokens (queries), context length */
     int window, multi, lay;
     const char *what;
+    int twice; /* run a forced split first on the same scratch, then this case's call */
 };
 
 static void run_case(const struct att_case *c)
@@ -151,6 +152,12 @@ static void run_case(const struct att_case *c)
     const uint16_t *dk = (const uint16_t *)d_kv + k_off, *dv = (const uint16_t *)d_kv + v_off;
     OP_CHECK(loom_cuda_kv_append(d_pool, dk, kv_row, dv, kv_row, act, d_slots, n_app, KVH, D, B, NULL));
     const float scale = 1.0f / sqrtf((float)D);
+    if (c->twice) { /* a forced split first: what it leaves in the scratch must not disturb the next call */
+        OP_CHECK(loom_cuda_attention(d_out, (const uint16_t *)d_q + q_off, q_stride, d_pool, act, d_qs, d_ctx, d_bt,
+                                     max_blocks, ns, n_tok, max_ctx, H, KVH, D, B, c->window, scale, 1,
+                                     d_scratch, scratch_bytes, NULL));
+        CUDA_CHECK(cudaMemset(d_out, 0xff, es * n_tok * H * D));
+    }
     OP_CHECK(loom_cuda_attention(d_out, (const uint16_t *)d_q + q_off, q_stride, d_pool, act, d_qs, d_ctx, d_bt,
                                  max_blocks, ns, n_tok, max_ctx, H, KVH, D, B, c->window, scale, c->multi,
                                  d_scratch, scratch_bytes, NULL));
@@ -221,7 +228,7 @@ static void run_case(const struct att_case *c)
 static void one_seq(loom_dtype act, int D, int H, int KVH, int B, int n_new, int ctx, int window, int multi,
                     int lay, const char *what)
 {
-    struct att_case c = {act, D, H, KVH, B, 1, &n_new, &ctx, window, multi, lay, what};
+    struct att_case c = {act, D, H, KVH, B, 1, &n_new, &ctx, window, multi, lay, what, 0};
     run_case(&c);
 }
 
@@ -237,8 +244,40 @@ static void batch(loom_dtype act, int D, int H, int KVH, int B, int kind, int ma
         n_new[s] = kind == 0 ? ctx[s] : kind == 1 ? rnd_int(1, ctx[s] < 40 ? ctx[s] : 40) : 1;
     }
     struct att_case c = {act, D, H, KVH, B, NS, n_new, ctx, window, multi, lay,
-                         kind == 0 ? "prefill" : kind == 1 ? "chunked" : "decode"};
+                         kind == 0 ? "prefill" : kind == 1 ? "chunked" : "decode", 0};
     run_case(&c);
+}
+
+/* Decode batches for the small-group kernel (attention_decode.cu, groups up
+ * to 8) and the tile kernel past it: groups 2 and 7, contexts 1 and 2,
+ * sequences with two tokens and with none in a one-token-per-sequence batch,
+ * and a call after a forced split on the same scratch. */
+static void decode_cases(void)
+{
+    const int g2[][3] = {{8, 4, 64}, {14, 2, 128}, {14, 2, 64}, {32, 2, 128}}; /* H, KVH, D: groups 2, 7, 7, 16 */
+    for (int i = 0; i < 4; i++)
+        for (int mb = -1; mb <= 1; mb++) {
+            const loom_dtype a = (i + mb) & 1 ? LOOM_BF16 : LOOM_F16;
+            one_seq(a, g2[i][2], g2[i][0], g2[i][1], 16, 1, 1, 0, mb, i % 3, "decode");
+            one_seq(a, g2[i][2], g2[i][0], g2[i][1], 32, 1, 2, 0, mb, (i + 1) % 3, "decode");
+            one_seq(a, g2[i][2], g2[i][0], g2[i][1], 16, 1, 2049, 0, mb, (i + 2) % 3, "decode");
+            one_seq(a, g2[i][2], g2[i][0], g2[i][1], 64, 1, 2049, 333, mb, i % 3, "decode");
+            batch(a, g2[i][2], g2[i][0], g2[i][1], 16, 2, 700, mb ? 0 : 90, mb, (i + 1) % 3);
+        }
+    const int nn[] = {2, 0, 1}, cx[] = {50, 10, 300};
+    for (int mb = -1; mb <= 1; mb++) {
+        struct att_case c = {LOOM_F16, 128, 32, 32, 16, 3, nn, cx, 0, mb, 0, "uneven", 0};
+        run_case(&c);
+        struct att_case c7 = {LOOM_BF16, 64, 14, 2, 16, 3, nn, cx, 40, mb, 2, "uneven", 0};
+        run_case(&c7);
+    }
+    const int one = 1, c1[] = {384}, c2[] = {2304}, c3[] = {77};
+    struct att_case t1 = {LOOM_F16, 128, 32, 32, 16, 1, &one, c1, 0, -1, 0, "twice", 1};
+    struct att_case t2 = {LOOM_F16, 128, 32, 32, 16, 1, &one, c2, 0, -1, 1, "twice", 1};
+    struct att_case t3 = {LOOM_BF16, 128, 28, 4, 16, 1, &one, c3, 0, 1, 0, "twice", 1};
+    run_case(&t1);
+    run_case(&t2);
+    run_case(&t3);
 }
 
 /* Short chunks over long cached prefixes: the prefill kernel's key split
@@ -421,6 +460,7 @@ int main(void)
         batch(LOOM_BF16, 128, 8, 2, 8, 1, 300, 64, -1, 1);
         batch(LOOM_F16, 64, 32, 8, 16, 2, 1000, 0, 1, 2);
         split_cases();
+        decode_cases();
         printf("%d/%d attention cases passed (quick)\n", cases - failures, cases);
         return failures ? 1 : 0;
     }
@@ -461,6 +501,7 @@ int main(void)
             batch(a, D, 32, 8, NB, 2, 3000, 0, 1, NL);
         }
     split_cases();
+    decode_cases();
     printf("%d/%d attention cases passed\n", cases - failures, cases);
 
     /* Timings: fp16, head_dim 128, batch 1. */
@@ -476,6 +517,13 @@ int main(void)
                          mb ? "on" : "off");
                 time_attention(w, LOOM_F16, 32, KVH, 128, 1, ctxs[ci], mb);
             }
+    const int short_ctx[] = {384, 2304};
+    for (int ci = 0; ci < 2; ci++)
+        for (int kv = 0; kv < 2; kv++) {
+            char w[96];
+            snprintf(w, sizeof w, "decode h32/kv%d d128 ctx %d auto", kv ? 8 : 32, short_ctx[ci]);
+            time_attention(w, LOOM_F16, 32, kv ? 8 : 32, 128, 1, short_ctx[ci], -1);
+        }
     time_attention("prefill 2048 tok h32/kv32 d128 fp16", LOOM_F16, 32, 32, 128, 2048, 2048, -1);
     time_attention("prefill 2048 tok h32/kv32 d128 bf16", LOOM_BF16, 32, 32, 128, 2048, 2048, -1);
     time_attention("prefill 2048 tok h32/kv8 d128 fp16", LOOM_F16, 32, 8, 128, 2048, 2048, -1);
