@@ -47,25 +47,6 @@ constexpr int kDecodeSplitBlocksPerSM = 4;  /* blocks to aim for per launch, per
 constexpr int kSplitForced = 4;        /* multi_block = 1: at least this many splits when the context allows */
 constexpr int kSplitBlocksPerSM = 2;   /* split prefill: blocks to aim for per SM (two fit: 87 KB smem each at d128) */
 constexpr int kMaxDevices = 64;
-struct Params {
-    void *out;               /* (n_tokens, n_heads, D) act */
-    const void *q;           /* (n_tokens, n_heads, D) act, rows q_stride apart */
-    const void *pool;        /* [block][K|V][kv_head][slot][D] act */
-    const int32_t *q_start;  /* (n_seqs + 1) */
-    const int32_t *ctx_len;  /* (n_seqs) */
-    const int32_t *block_tables; /* (n_seqs, max_blocks) */
-    float *part_o;           /* multi-block: (n_tokens, n_heads, n_splits, D), else NULL */
-    float *part_lse;         /* multi-block: (n_tokens, n_heads, n_splits), log2 domain */
-    int64_t q_stride;        /* elements */
-    int64_t max_blocks;
-    int n_seqs, n_heads, n_kv_heads, group; /* group = n_heads / n_kv_heads */
-    int block_shift;         /* log2(tokens_per_block) */
-    int window;              /* 0 = no sliding window */
-    int q_vec;               /* q rows 16-byte aligned: vector loads */
-    float scale_log2;        /* scale * log2(e): softmax in base 2 */
-    int n_splits, chunk;     /* multi-block: splits per row and keys per split */
-    int rt_grid;             /* decode: row tiles per kv head in the grid */
-};
 
 /* ---- element types ---- */
 
@@ -183,11 +164,11 @@ template <typename T, int D, int WM, int WN, int MT, int BN> struct Shape {
 };
 
 /* Where row results go: the final output, or a partial (o, lse) for split sp. */
-template <int D> __device__ __forceinline__ float *part_row(const Params &p, int64_t tok, int head, int sp)
+template <int D> __device__ __forceinline__ float *part_row(const AttParams &p, int64_t tok, int head, int sp)
 {
     return p.part_o + (((int64_t)tok * p.n_heads + head) * p.n_splits + sp) * D;
 }
-__device__ __forceinline__ float *lse_at(const Params &p, int64_t tok, int head, int sp)
+__device__ __forceinline__ float *lse_at(const AttParams &p, int64_t tok, int head, int sp)
 {
     return p.part_lse + ((int64_t)tok * p.n_heads + head) * p.n_splits + sp;
 }
@@ -195,7 +176,7 @@ __device__ __forceinline__ float *lse_at(const Params &p, int64_t tok, int head,
 /* Attention for row tile rt of sequence s, kv head g, split sp (0 when not
  * split). Block-uniform early returns only. */
 template <typename T, int D, int WM, int WN, int MT, int BN>
-__device__ void attend_tile(const Params &p, int s, int g, int rt, int sp, unsigned char *smem)
+__device__ void attend_tile(const AttParams &p, int s, int g, int rt, int sp, unsigned char *smem)
 {
     using S = Shape<T, D, WM, WN, MT, BN>;
     T *sq = reinterpret_cast<T *>(smem);
@@ -553,7 +534,7 @@ constexpr int kDecodeRows = 16 * kDecodeWM * kDecodeMT;
  * the tiles of a sequence run longest (latest positions) first. z is the key
  * split (0 when not split). */
 template <typename T, int D, int MT, int BN>
-__global__ void __launch_bounds__(kThreads) prefill_kernel(Params p)
+__global__ void __launch_bounds__(kThreads) prefill_kernel(AttParams p)
 {
     constexpr int kRows = Shape<T, D, 4, 1, MT, BN>::M;
     extern __shared__ __align__(16) unsigned char smem[];
@@ -595,7 +576,7 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(Params p)
 /* grid (n_splits, n_kv_heads * rt_grid, n_seqs). A sequence with more than
  * one token (not a decode batch, but allowed) loops over its extra row tiles. */
 template <typename T, int D>
-__global__ void __launch_bounds__(kThreads) decode_kernel(Params p)
+__global__ void __launch_bounds__(kThreads) decode_kernel(AttParams p)
 {
     extern __shared__ __align__(16) unsigned char smem[];
     /* Launched with PDL in a decode step: q and the pool come from the kernel
@@ -774,7 +755,7 @@ int64_t prefill_split_rows(int64_t max_ctx)
 /* Picks the key split: at most `want` splits of whole kBN-key tiles over span
  * keys, no more than the scratch holds for `rows` rows; sets p's split fields
  * (n_splits 1 and no partials when it does not split). Returns the splits. */
-int64_t choose_split(Params &p, int64_t want, int64_t span, int64_t rows, int D, void *scratch, size_t scratch_bytes)
+int64_t choose_split(AttParams &p, int64_t want, int64_t span, int64_t rows, int D, void *scratch, size_t scratch_bytes)
 {
     if (span < 1) span = 1;
     int64_t splits = want < 1 ? 1 : want;
@@ -796,7 +777,7 @@ int64_t choose_split(Params &p, int64_t want, int64_t span, int64_t rows, int D,
     return splits;
 }
 
-template <typename T, int D> cudaError_t launch_reduce(const Params &p, int64_t n_tokens, cudaStream_t st)
+template <typename T, int D> cudaError_t launch_reduce(const AttParams &p, int64_t n_tokens, cudaStream_t st)
 {
     return pdl_launch(reduce_kernel<T, D>, dim3((unsigned)(n_tokens * p.n_heads)), dim3(kReduceWarps * 32), 0, st, static_cast<T *>(p.out),
                       (const float *)p.part_o, (const float *)p.part_lse, (int)p.n_splits);
@@ -807,7 +788,7 @@ template <typename T, int D> cudaError_t launch_reduce(const Params &p, int64_t 
  * when the tiles would keep at most half the SMs busy over at least two
  * kSplitMinKeys-key parts, or always as far as scratch allows (multi_block 1). */
 template <typename T, int D, int MT, int BN>
-cudaError_t launch_prefill(Params p, int64_t n_tokens, int64_t max_ctx, int multi, void *scratch, size_t scratch_bytes,
+cudaError_t launch_prefill(AttParams p, int64_t n_tokens, int64_t max_ctx, int multi, void *scratch, size_t scratch_bytes,
                            cudaStream_t st)
 {
     using S = Shape<T, D, 4, 1, MT, BN>;
@@ -843,26 +824,10 @@ cudaError_t launch_prefill(Params p, int64_t n_tokens, int64_t max_ctx, int mult
  * partials in the last split to finish (an arrival counter) was 1% slower
  * than the reduction kernel; a 32- or 16-key minimum changed nothing. */
 template <typename T, int D>
-cudaError_t launch_rows(const Params &p, loom_dtype act, int64_t n_tokens, int64_t max_ctx, int multi, void *scratch,
+cudaError_t launch_rows(const AttParams &p, loom_dtype act, int64_t n_tokens, int64_t max_ctx, int multi, void *scratch,
                         size_t scratch_bytes, cudaStream_t st)
 {
-    AttRowsArgs a;
-    memset(&a, 0, sizeof a);
-    a.out = p.out;
-    a.q = p.q;
-    a.pool = p.pool;
-    a.q_start = p.q_start;
-    a.ctx_len = p.ctx_len;
-    a.block_tables = p.block_tables;
-    a.q_stride = p.q_stride;
-    a.max_blocks = p.max_blocks;
-    a.n_heads = p.n_heads;
-    a.n_kv_heads = p.n_kv_heads;
-    a.group = p.group;
-    a.block_shift = p.block_shift;
-    a.window = p.window;
-    a.q_vec = p.q_vec;
-    a.scale_log2 = p.scale_log2;
+    AttParams a = p;
     a.min_chunk = kDecodeSplitMinKeys;
     const int64_t span = p.window > 0 && p.window < max_ctx ? p.window : max_ctx;
     const int64_t sms = sm_count() > 0 ? sm_count() : 132;
@@ -879,25 +844,16 @@ cudaError_t launch_rows(const Params &p, loom_dtype act, int64_t n_tokens, int64
         if (splits > by_ctx) splits = by_ctx;
         if (multi == 1 && splits < kSplitForced) splits = by_ctx < kSplitForced ? by_ctx : kSplitForced;
         if (multi == 1 && split_bytes(rows, splits, D) > scratch_bytes) return cudaErrorInvalidValue;
-        while (splits > 1 && split_bytes(rows, splits, D) > scratch_bytes) splits--;
     }
-    a.n_splits = (int)splits;
-    if (splits > 1) {
-        const size_t lse_bytes = ((size_t)rows * splits * sizeof(float) + 255) & ~(size_t)255;
-        a.part_lse = static_cast<float *>(scratch);
-        a.part_o = reinterpret_cast<float *>(static_cast<unsigned char *>(scratch) + lse_bytes);
-    }
+    splits = choose_split(a, splits, span, rows, D, scratch, scratch_bytes);
+    a.chunk = 0; /* each sequence splits its own keys (split_keys) */
     cudaError_t e = att_rows_launch(a, act, D, p.n_seqs, st);
     if (e != cudaSuccess || splits == 1) return e;
-    Params r = p;
-    r.part_o = a.part_o;
-    r.part_lse = a.part_lse;
-    r.n_splits = (int)splits;
-    return launch_reduce<T, D>(r, n_tokens, st);
+    return launch_reduce<T, D>(a, n_tokens, st);
 }
 
 template <typename T, int D>
-cudaError_t launch(Params p, loom_dtype act, int64_t n_tokens, int64_t max_ctx, int multi, void *scratch, size_t scratch_bytes,
+cudaError_t launch(AttParams p, loom_dtype act, int64_t n_tokens, int64_t max_ctx, int multi, void *scratch, size_t scratch_bytes,
                    cudaStream_t st)
 {
     const bool decode = n_tokens == p.n_seqs;
@@ -989,7 +945,7 @@ extern "C" int loom_cuda_attention(void *out, const void *q, int64_t q_stride, c
         !aligned16(out) || !aligned16(pool))
         return cudaErrorInvalidValue;
 
-    Params p;
+    AttParams p;
     memset(&p, 0, sizeof p);
     p.out = out;
     p.q = q;

@@ -29,23 +29,14 @@ namespace {
 
 constexpr int kWarps = 4, kThreads = 32 * kWarps;
 
-template <typename T> __device__ __forceinline__ void unpack8(const uint4 &u, float f[8]);
-template <> __device__ __forceinline__ void unpack8<__half>(const uint4 &u, float f[8])
+/* 8 elements of T in 16 bytes -> fp32. */
+template <typename T> __device__ __forceinline__ void unpack8(const uint4 &u, float f[8])
 {
-    const __half2 *h = reinterpret_cast<const __half2 *>(&u);
+    typedef typename Pair<T>::type P;
+    const P *h = reinterpret_cast<const P *>(&u);
 #pragma unroll
     for (int k = 0; k < 4; k++) {
-        const float2 v = __half22float2(h[k]);
-        f[2 * k] = v.x;
-        f[2 * k + 1] = v.y;
-    }
-}
-template <> __device__ __forceinline__ void unpack8<__nv_bfloat16>(const uint4 &u, float f[8])
-{
-    const __nv_bfloat162 *h = reinterpret_cast<const __nv_bfloat162 *>(&u);
-#pragma unroll
-    for (int k = 0; k < 4; k++) {
-        const float2 v = __bfloat1622float2(h[k]);
+        const float2 v = to_f2<P>(h[k]);
         f[2 * k] = v.x;
         f[2 * k + 1] = v.y;
     }
@@ -82,7 +73,7 @@ __device__ __forceinline__ uint4 ld_stream(const void *p)
 /* The keys split sp of a token at position pos sees: [kb, ke). Splits are
  * equal, whole multiples of 16 keys and at least min_chunk; the last takes
  * the rest. False when the split has none. */
-__device__ __forceinline__ bool split_keys(const AttRowsArgs &a, int pos, int sp, int &kb, int &ke)
+__device__ __forceinline__ bool split_keys(const AttParams &a, int pos, int sp, int &kb, int &ke)
 {
     const int lo = a.window > 0 ? max(0, pos - a.window + 1) : 0;
     kb = lo;
@@ -99,7 +90,7 @@ __device__ __forceinline__ bool split_keys(const AttRowsArgs &a, int pos, int sp
 /* grid (n_splits, n_kv_heads, n_seqs). GM: rows held per lane (>= group);
  * NP: passes a tile. */
 template <typename T, int D, int GM, int NP>
-__global__ void __launch_bounds__(kThreads, GM == 1 ? 3 : 1) rows_kernel(AttRowsArgs a)
+__global__ void __launch_bounds__(kThreads, GM == 1 ? 3 : 1) rows_kernel(AttParams a)
 {
     constexpr int LPK = D / 8;                 /* lanes per key */
     constexpr int KPW = 32 / LPK;              /* keys per warp a pass */
@@ -316,7 +307,7 @@ __global__ void __launch_bounds__(kThreads, GM == 1 ? 3 : 1) rows_kernel(AttRows
 }
 
 /* Launches the kernel, or (n_seqs 0) returns its resident blocks per SM in *occ. */
-template <typename T, int D, int GM, int NP> cudaError_t launch(const AttRowsArgs &a, int n_seqs, cudaStream_t st, int *occ)
+template <typename T, int D, int GM, int NP> cudaError_t launch(const AttParams &a, int n_seqs, cudaStream_t st, int *occ)
 {
     if (occ) return cudaOccupancyMaxActiveBlocksPerMultiprocessor(occ, rows_kernel<T, D, GM, NP>, kThreads, 0);
     return pdl_launch(rows_kernel<T, D, GM, NP>, dim3((unsigned)a.n_splits, (unsigned)a.n_kv_heads, (unsigned)n_seqs),
@@ -325,7 +316,7 @@ template <typename T, int D, int GM, int NP> cudaError_t launch(const AttRowsArg
 
 /* Rows a lane holds (the group rounded up to 1, 2, 4, 8) and passes a tile:
  * 16 loads in flight per lane for small groups, 8 for large (registers). */
-template <typename T, int D> cudaError_t launch_d(const AttRowsArgs &a, int n_seqs, cudaStream_t st, int *occ)
+template <typename T, int D> cudaError_t launch_d(const AttParams &a, int n_seqs, cudaStream_t st, int *occ)
 {
     if (a.group <= 1) return launch<T, D, 1, 8>(a, n_seqs, st, occ);
     if (a.group <= 2) return launch<T, D, 2, 8>(a, n_seqs, st, occ);
@@ -333,7 +324,7 @@ template <typename T, int D> cudaError_t launch_d(const AttRowsArgs &a, int n_se
     return launch<T, D, 8, 4>(a, n_seqs, st, occ);
 }
 
-cudaError_t dispatch(const AttRowsArgs &a, loom_dtype act, int head_dim, int n_seqs, cudaStream_t st, int *occ)
+cudaError_t dispatch(const AttParams &a, loom_dtype act, int head_dim, int n_seqs, cudaStream_t st, int *occ)
 {
     if (act == LOOM_F16) return head_dim == 64 ? launch_d<__half, 64>(a, n_seqs, st, occ) : launch_d<__half, 128>(a, n_seqs, st, occ);
     return head_dim == 64 ? launch_d<__nv_bfloat16, 64>(a, n_seqs, st, occ) : launch_d<__nv_bfloat16, 128>(a, n_seqs, st, occ);
@@ -346,7 +337,7 @@ bool att_rows_ok(int group, int head_dim)
     return group >= 1 && group <= ATT_ROWS_MAX_GROUP && (head_dim == 64 || head_dim == 128);
 }
 
-cudaError_t att_rows_launch(const AttRowsArgs &a, loom_dtype act, int head_dim, int n_seqs, cudaStream_t st)
+cudaError_t att_rows_launch(const AttParams &a, loom_dtype act, int head_dim, int n_seqs, cudaStream_t st)
 {
     if (!att_rows_ok(a.group, head_dim) || a.n_splits < 1 || (a.n_splits > 1 && (!a.part_o || !a.part_lse)) ||
         (a.min_chunk & 15))
@@ -363,7 +354,7 @@ int att_rows_blocks_per_sm(loom_dtype act, int group, int head_dim)
     if (cudaGetDevice(&dev) != cudaSuccess || dev < 0) return 1;
     const int k = ((act == LOOM_F16) * 2 + (head_dim == 128)) * ATT_ROWS_MAX_GROUP + group - 1;
     if (dev < kDevices && cached[dev][k]) return cached[dev][k];
-    AttRowsArgs a;
+    AttParams a;
     memset(&a, 0, sizeof a);
     a.group = group;
     int occ = 0;

@@ -9,29 +9,11 @@
 #include <stdint.h>
 
 #include "../../util/dtype.h"
+#include "attention_args.h"
 
 /* Largest query group (n_heads / n_kv_heads) the kernel takes. */
 #define ATT_ROWS_MAX_GROUP 8
 
-struct AttRowsArgs {
-    void *out;                   /* (n_tokens, n_heads, D) act */
-    const void *q;               /* (n_tokens, n_heads, D) act, rows q_stride apart */
-    const void *pool;            /* [block][K|V][kv_head][slot][D] act */
-    const int32_t *q_start;      /* (n_seqs + 1) */
-    const int32_t *ctx_len;      /* (n_seqs) */
-    const int32_t *block_tables; /* (n_seqs, max_blocks) */
-    float *part_o;               /* n_splits > 1: (n_tokens, n_heads, n_splits, D) */
-    float *part_lse;             /* n_splits > 1: (n_tokens, n_heads, n_splits), log2 domain */
-    int64_t q_stride;            /* elements */
-    int64_t max_blocks;
-    int n_heads, n_kv_heads, group;
-    int block_shift;             /* log2(tokens_per_block) */
-    int window;                  /* 0 = no sliding window */
-    int q_vec;                   /* q rows 16-byte aligned: vector loads */
-    float scale_log2;            /* scale * log2(e) */
-    int n_splits;                /* key splits per (sequence, kv head) */
-    int min_chunk;               /* fewest keys a split takes (a multiple of 16) */
-};
 
 /* Whether the kernel takes this shape: group <= ATT_ROWS_MAX_GROUP, head_dim
  * 64 or 128. */
@@ -41,13 +23,14 @@ bool att_rows_ok(int group, int head_dim);
  * (at least 1; cached per device). */
 int att_rows_blocks_per_sm(loom_dtype act, int group, int head_dim);
 
-/* Launches grid (n_splits, n_kv_heads, n_seqs) on st with PDL. Each block
+/* Launches grid (n_splits, n_kv_heads, n_seqs) on st with PDL; reads a's
+ * tensors and shape, n_splits with part_o/part_lse, and min_chunk. Each block
  * attends the tokens of its sequence (one, in a decode batch) for the
  * group's query heads over its split of the visible keys: splits of equal
  * size, whole multiples of 16 keys and at least min_chunk, the last taking
  * the rest. With n_splits 1 it writes out; else the partials (o normalized,
  * lse; lse -inf and no o for a split with no keys) for a reduction. Returns
  * cudaErrorInvalidValue for a shape att_rows_ok refuses. */
-cudaError_t att_rows_launch(const AttRowsArgs &a, loom_dtype act, int head_dim, int n_seqs, cudaStream_t st);
+cudaError_t att_rows_launch(const AttParams &a, loom_dtype act, int head_dim, int n_seqs, cudaStream_t st);
 
 #endif

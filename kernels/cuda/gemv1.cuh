@@ -12,10 +12,6 @@
 
 #include "act_convert.cuh"
 
-template <typename T> __device__ __forceinline__ float2 to_f2(const T v);
-template <> __device__ __forceinline__ float2 to_f2<__half2>(const __half2 v) { return __half22float2(v); }
-template <> __device__ __forceinline__ float2 to_f2<__nv_bfloat162>(const __nv_bfloat162 v) { return __bfloat1622float2(v); }
-
 /* ---- one row, fused prologue (loom_cuda_gemv1) ----
  * A grid of at most two blocks per SM of G1_WARPS warps; warp k of the grid
  * takes rows k, k + warps, ... Each block first builds the prologue's vector
@@ -48,10 +44,6 @@ struct Gemv1Args {
     int n_heads, n_kv_heads, head_dim, tokens_per_block;
     int64_t half_elems; /* elements of a block's K (or V) half */
 };
-
-template <typename P> __device__ __forceinline__ P pack2(float a, float b);
-template <> __device__ __forceinline__ __half2 pack2<__half2>(float a, float b) { return __floats2half2_rn(a, b); }
-template <> __device__ __forceinline__ __nv_bfloat162 pack2<__nv_bfloat162>(float a, float b) { return __floats2bfloat162_rn(a, b); }
 
 /* Sum over the block, to every thread (blockDim.x == 32 * G1_WARPS). */
 __device__ __forceinline__ float g1_block_sum(float v)
