@@ -599,9 +599,9 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(AttParams p)
 /* One block per (token, head) row: out = sum_i w_i o_i / sum_i w_i with
  * w_i = 2^(lse_i - max lse). Each of kReduceWarps warps takes every
  * kReduceWarps-th split (a lane owns D/32 dims), so many partial rows are in
- * flight at once; smem sums the warps. Empty splits (lse = -inf) are skipped
- * without reading their o, which nothing wrote. */
-constexpr int kReduceWarps = 8;
+ * flight at once; smem sums the warps. Empty splits (lse = -inf, o never
+ * written) weigh 0 and their o is never used. */
+constexpr int kReduceWarps = 8, kReducePre = 2;
 template <typename T, int D>
 __global__ void __launch_bounds__(kReduceWarps * 32)
     reduce_kernel(T *out, const float *part_o, const float *part_lse, int n_splits)
@@ -614,6 +614,18 @@ __global__ void __launch_bounds__(kReduceWarps * 32)
     const float *lse = part_lse + row * n_splits;
     const float *po = part_o + row * n_splits * D;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    /* Each warp's first kReducePre splits (o and lse) are requested with the
+     * max pass, not after it: one round trip to L2 instead of two when the
+     * splits are few. An empty split's o was never written; its weight is 0
+     * and the select below never multiplies it. */
+    float pre_o[kReducePre][V], pre_l[kReducePre];
+#pragma unroll
+    for (int j = 0; j < kReducePre; j++) {
+        const int i = warp + j * kReduceWarps;
+        pre_l[j] = i < n_splits ? lse[i] : -INFINITY;
+#pragma unroll
+        for (int k = 0; k < V; k++) pre_o[j][k] = i < n_splits ? po[(int64_t)i * D + lane * V + k] : 0.0f;
+    }
     float mx = -INFINITY;
     for (int i = tid; i < n_splits; i += kReduceWarps * 32) mx = fmaxf(mx, lse[i]);
 #pragma unroll
@@ -627,8 +639,17 @@ __global__ void __launch_bounds__(kReduceWarps * 32)
     float acc[V], L = 0.0f;
 #pragma unroll
     for (int k = 0; k < V; k++) acc[k] = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kReducePre; j++) {
+        const float w = exp2f(pre_l[j] - base);
+        if (w > 0.0f) {
+            L += w;
+#pragma unroll
+            for (int k = 0; k < V; k++) acc[k] += w * pre_o[j][k];
+        }
+    }
 #pragma unroll 4
-    for (int i = warp; i < n_splits; i += kReduceWarps) {
+    for (int i = warp + kReducePre * kReduceWarps; i < n_splits; i += kReduceWarps) {
         const float w = exp2f(lse[i] - base);
         if (w > 0.0f) {
             const float *src = po + (int64_t)i * D + lane * V;
