@@ -202,10 +202,14 @@ __device__ void attend_tile(const AttParams &p, int s, int g, int rt, int sp, un
         const int chunk = p.chunk > 0 ? p.chunk : max(BN, (((ke - lo + p.n_splits - 1) / p.n_splits + BN - 1) / BN) * BN);
         kb = lo + sp * chunk;
         if (sp < p.n_splits - 1) ke = min(ke, kb + chunk); /* the last split takes any rest */
-        if (kb >= ke) { /* nothing visible in this split: an empty partial */
-            for (int r = tid; r < S::M; r += kThreads) {
-                const int R = r0 + r;
-                if (R < rows) *lse_at(p, tok0 + R / G, g * G + R % G, sp) = -INFINITY;
+        if (kb >= ke) { /* nothing visible in this split: an empty partial (lse -inf, o 0) */
+            for (int i = tid; i < S::M * D; i += kThreads) {
+                const int R = r0 + i / D;
+                if (R >= rows) continue;
+                const int64_t tok = tok0 + R / G;
+                const int head = g * G + R % G;
+                part_row<D>(p, tok, head, sp)[i % D] = 0.0f;
+                if (i % D == 0) *lse_at(p, tok, head, sp) = -INFINITY;
             }
             return;
         }
@@ -599,8 +603,7 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(AttParams p)
 /* One block per (token, head) row: out = sum_i w_i o_i / sum_i w_i with
  * w_i = 2^(lse_i - max lse). Each of kReduceWarps warps takes every
  * kReduceWarps-th split (a lane owns D/32 dims), so many partial rows are in
- * flight at once; smem sums the warps. Empty splits (lse = -inf, o never
- * written) weigh 0 and their o is never used. */
+ * flight at once; smem sums the warps. Empty splits (lse -inf, o 0) weigh 0. */
 constexpr int kReduceWarps = 8, kReducePre = 2;
 template <typename T, int D>
 __global__ void __launch_bounds__(kReduceWarps * 32)
@@ -616,8 +619,7 @@ __global__ void __launch_bounds__(kReduceWarps * 32)
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     /* Each warp's first kReducePre splits (o and lse) are requested with the
      * max pass, not after it: one round trip to L2 instead of two when the
-     * splits are few. An empty split's o was never written; its weight is 0
-     * and the select below never multiplies it. */
+     * splits are few. */
     float pre_o[kReducePre][V], pre_l[kReducePre];
 #pragma unroll
     for (int j = 0; j < kReducePre; j++) {

@@ -133,8 +133,12 @@ __global__ void __launch_bounds__(kThreads, GM == 1 ? 3 : 1) rows_kernel(AttPara
     for (int t = 0; t < n_q; t++) {
         const int64_t tok = tok0 + t;
         int kb, ke; /* this block's keys: [kb, ke) */
-        if (!split_keys(a, ctx - n_q + t, sp, kb, ke)) { /* nothing visible here: an empty partial */
-            if (tid < G) a.part_lse[(tok * H + g * G + tid) * NS + sp] = -INFINITY;
+        if (!split_keys(a, ctx - n_q + t, sp, kb, ke)) { /* nothing visible here: an empty partial (lse -inf, o 0) */
+            for (int i = tid; i < G * D; i += kThreads) {
+                const int64_t row = tok * H + g * G + i / D;
+                a.part_o[(row * NS + sp) * D + i % D] = 0.0f;
+                if (i % D == 0) a.part_lse[row * NS + sp] = -INFINITY;
+            }
             continue;
         }
 

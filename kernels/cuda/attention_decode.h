@@ -29,7 +29,7 @@ int att_rows_blocks_per_sm(loom_dtype act, int group, int head_dim);
  * group's query heads over its split of the visible keys: splits of equal
  * size, whole multiples of 16 keys and at least min_chunk, the last taking
  * the rest. With n_splits 1 it writes out; else the partials (o normalized,
- * lse; lse -inf and no o for a split with no keys) for a reduction. Returns
+ * lse; lse -inf and o 0 for a split with no keys) for a reduction. Returns
  * cudaErrorInvalidValue for a shape att_rows_ok refuses. */
 cudaError_t att_rows_launch(const AttParams &a, loom_dtype act, int head_dim, int n_seqs, cudaStream_t st);
 
