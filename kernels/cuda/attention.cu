@@ -837,83 +837,86 @@ cudaError_t launch_prefill(AttParams p, int64_t n_tokens, int64_t max_ctx, int m
     return launch_reduce<T, D>(p, n_tokens, st);
 }
 
-/* Decode batches of query groups up to ATT_ROWS_MAX_GROUP: attention_decode.cu's
- * kernel. Auto mode splits by decode_kernel's rule; the splits then fill one
- * wave of resident blocks (at most kDecodeSplitBlocksPerSM per SM, the
- * scratch bound), each at least kDecodeSplitMinKeys keys, and the reduction
- * kernel merges them. Measured on an H200, Llama-2-7B shape, batch 1
- * (bench/results/2026-11-21-h200-decode-s7.md): one wave beat 4 blocks per
- * SM (two waves at 3 resident) by 1.8% a step at 2048/256; merging the
- * partials in the last split to finish (an arrival counter) was 1% slower
- * than the reduction kernel; a 32- or 16-key minimum changed nothing. */
-template <typename T, int D>
-cudaError_t launch_rows(const AttParams &p, loom_dtype act, int64_t n_tokens, int64_t max_ctx, int multi, void *scratch,
-                        size_t scratch_bytes, cudaStream_t st)
+/* A decode batch's key split, set in p (choose_split): none unless forced
+ * (multi 1) or, in auto mode (-1), sequences x heads are under half the SMs
+ * and the visible context is over kDecodeSplitMinCtx; then `want` splits
+ * (the launcher's fill target), at most one per kDecodeSplitMinKeys keys and,
+ * forced, at least kSplitForced. Each sequence splits its own keys (chunk
+ * 0). Returns the splits, or 0 when a forced split has no room in scratch. */
+int64_t decode_split(AttParams &p, int multi, int64_t want, int64_t n_tokens, int64_t max_ctx, int D, void *scratch,
+                     size_t scratch_bytes)
 {
-    AttParams a = p;
-    a.min_chunk = kDecodeSplitMinKeys;
     const int64_t span = p.window > 0 && p.window < max_ctx ? p.window : max_ctx;
-    const int64_t sms = sm_count() > 0 ? sm_count() : 132;
     const int64_t rows = n_tokens * p.n_heads;
-    if (multi < 0) multi = scratch && (int64_t)p.n_seqs * p.n_heads < sms / 2 && span > kDecodeSplitMinCtx;
-    if (multi && !scratch) return cudaErrorInvalidValue;
+    if (multi < 0) multi = scratch && (int64_t)p.n_seqs * p.n_heads < sm_count() / 2 && span > kDecodeSplitMinCtx;
+    if (multi && !scratch) return 0;
     int64_t splits = 1;
     if (multi) {
         const int64_t by_ctx = cdiv(span > 0 ? span : 1, kDecodeSplitMinKeys);
-        int64_t per_sm = att_rows_blocks_per_sm(act, p.group, D);
-        if (per_sm > kDecodeSplitBlocksPerSM) per_sm = kDecodeSplitBlocksPerSM;
-        splits = per_sm * sms / ((int64_t)p.n_seqs * p.n_kv_heads); /* one wave */
-        if (splits < 1) splits = 1;
-        if (splits > by_ctx) splits = by_ctx;
+        splits = want < 1 ? 1 : want > by_ctx ? by_ctx : want;
         if (multi == 1 && splits < kSplitForced) splits = by_ctx < kSplitForced ? by_ctx : kSplitForced;
-        if (multi == 1 && split_bytes(rows, splits, D) > scratch_bytes) return cudaErrorInvalidValue;
+        if (multi == 1 && split_bytes(rows, splits, D) > scratch_bytes) return 0;
     }
-    splits = choose_split(a, splits, span, rows, D, scratch, scratch_bytes);
-    a.chunk = 0; /* each sequence splits its own keys (split_keys) */
-    cudaError_t e = att_rows_launch(a, act, D, p.n_seqs, st);
+    splits = choose_split(p, splits, span, rows, D, scratch, scratch_bytes);
+    p.chunk = 0;
+    return splits;
+}
+
+/* Decode batches of query groups up to ATT_ROWS_MAX_GROUP: attention_decode.cu's
+ * kernel, its splits filling one wave of resident blocks (at most
+ * kDecodeSplitBlocksPerSM per SM, the scratch bound), merged by the reduction
+ * kernel. Measured on an H200, Llama-2-7B shape, batch 1 (bench/results/
+ * 2026-11-21-h200-decode-s7.md): one wave beat 4 blocks per SM (two waves at
+ * 3 resident) by 1.8% a step at 2048/256; merging the partials in the last
+ * split to finish (an arrival counter) was 1% slower than the reduction
+ * kernel; a 32- or 16-key minimum changed nothing. */
+template <typename T, int D>
+cudaError_t launch_rows(AttParams p, loom_dtype act, int64_t n_tokens, int64_t max_ctx, int multi, void *scratch,
+                        size_t scratch_bytes, cudaStream_t st)
+{
+    const int64_t sms = sm_count() > 0 ? sm_count() : 132;
+    int64_t per_sm = att_rows_blocks_per_sm(act, p.group, D);
+    if (per_sm > kDecodeSplitBlocksPerSM) per_sm = kDecodeSplitBlocksPerSM;
+    const int64_t want = per_sm * sms / ((int64_t)p.n_seqs * p.n_kv_heads); /* one wave */
+    const int64_t splits = decode_split(p, multi, want, n_tokens, max_ctx, D, scratch, scratch_bytes);
+    if (splits == 0) return cudaErrorInvalidValue;
+    p.min_chunk = kDecodeSplitMinKeys;
+    cudaError_t e = att_rows_launch(p, act, D, p.n_seqs, st);
     if (e != cudaSuccess || splits == 1) return e;
-    return launch_reduce<T, D>(a, n_tokens, st);
+    return launch_reduce<T, D>(p, n_tokens, st);
+}
+
+/* Decode batches of larger groups: the flash tile, enough splits to fill the
+ * machine at kDecodeSplitBlocksPerSM blocks per SM. */
+template <typename T, int D>
+cudaError_t launch_tile_decode(AttParams p, int64_t n_tokens, int64_t max_ctx, int multi, void *scratch, size_t scratch_bytes,
+                               cudaStream_t st)
+{
+    using S = Shape<T, D, kDecodeWM, kDecodeWN, kDecodeMT, kBN>;
+    static bool done[kMaxDevices];
+    cudaError_t e = allow_smem(decode_kernel<T, D>, S::smem, done);
+    if (e != cudaSuccess) return e;
+    p.rt_grid = (int)cdiv(p.group, kDecodeRows);
+    const int64_t sms = sm_count() > 0 ? sm_count() : 132;
+    const int64_t want = cdiv(kDecodeSplitBlocksPerSM * sms, (int64_t)p.n_seqs * p.n_kv_heads * p.rt_grid);
+    const int64_t splits = decode_split(p, multi, want, n_tokens, max_ctx, D, scratch, scratch_bytes);
+    if (splits == 0) return cudaErrorInvalidValue;
+    e = pdl_launch(decode_kernel<T, D>, dim3((unsigned)splits, p.n_kv_heads * p.rt_grid, p.n_seqs), dim3(kThreads), S::smem, st, p);
+    if (e != cudaSuccess || splits == 1) return e;
+    return launch_reduce<T, D>(p, n_tokens, st);
 }
 
 template <typename T, int D>
 cudaError_t launch(AttParams p, loom_dtype act, int64_t n_tokens, int64_t max_ctx, int multi, void *scratch, size_t scratch_bytes,
                    cudaStream_t st)
 {
-    const bool decode = n_tokens == p.n_seqs;
     p.part_o = nullptr;
     p.part_lse = nullptr;
     p.n_splits = 1;
     p.chunk = 0;
-    if (decode && att_rows_ok(p.group, D))
-        return launch_rows<T, D>(p, act, n_tokens, max_ctx, multi, scratch, scratch_bytes, st);
-    if (!decode) return launch_prefill<T, D, kPrefillMT, kPrefillBN>(p, n_tokens, max_ctx, multi, scratch, scratch_bytes, st);
-
-    using S = Shape<T, D, kDecodeWM, kDecodeWN, kDecodeMT, kBN>;
-    static bool done[kMaxDevices];
-    cudaError_t e = allow_smem(decode_kernel<T, D>, S::smem, done);
-    if (e != cudaSuccess) return e;
-    p.rt_grid = (int)cdiv(p.group, kDecodeRows);
-    const int64_t span = p.window > 0 && p.window < max_ctx ? p.window : max_ctx;
-    if (multi < 0) {
-        const int sms = sm_count();
-        multi = scratch && (int64_t)p.n_seqs * p.n_heads < sms / 2 && span > kDecodeSplitMinCtx;
-    }
-    if (multi && !scratch) return cudaErrorInvalidValue;
-    if (!multi) {
-        return pdl_launch(decode_kernel<T, D>, dim3(1, p.n_kv_heads * p.rt_grid, p.n_seqs), dim3(kThreads), S::smem, st, p);
-    }
-    /* Enough blocks to fill the machine, each with at least kDecodeSplitMinKeys keys. */
-    const int64_t by_ctx = cdiv(span > 0 ? span : 1, kDecodeSplitMinKeys);
-    const int64_t sms = sm_count() > 0 ? sm_count() : 132;
-    int64_t splits = cdiv(kDecodeSplitBlocksPerSM * sms, (int64_t)p.n_seqs * p.n_kv_heads * p.rt_grid);
-    if (splits > by_ctx) splits = by_ctx;
-    if (multi == 1 && splits < kSplitForced) splits = by_ctx < kSplitForced ? by_ctx : kSplitForced;
-    if (multi == 1 && split_bytes(n_tokens * p.n_heads, splits, D) > scratch_bytes) return cudaErrorInvalidValue;
-    splits = choose_split(p, splits, span, n_tokens * p.n_heads, D, scratch, scratch_bytes);
-    p.chunk = 0; /* each sequence splits its own keys (attend_tile) */
-    e = pdl_launch(decode_kernel<T, D>, dim3((unsigned)splits, p.n_kv_heads * p.rt_grid, p.n_seqs), dim3(kThreads), S::smem, st, p);
-    if (e != cudaSuccess || splits == 1) return e;
-    return launch_reduce<T, D>(p, n_tokens, st);
+    if (n_tokens != p.n_seqs) return launch_prefill<T, D, kPrefillMT, kPrefillBN>(p, n_tokens, max_ctx, multi, scratch, scratch_bytes, st);
+    if (att_rows_ok(p.group, D)) return launch_rows<T, D>(p, act, n_tokens, max_ctx, multi, scratch, scratch_bytes, st);
+    return launch_tile_decode<T, D>(p, n_tokens, max_ctx, multi, scratch, scratch_bytes, st);
 }
 
 bool aligned16(const void *p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }

@@ -310,7 +310,7 @@ __global__ void __launch_bounds__(kThreads, GM == 1 ? 3 : 1) rows_kernel(AttPara
     }
 }
 
-/* Launches the kernel, or (n_seqs 0) returns its resident blocks per SM in *occ. */
+/* Launches the kernel, or (occ not NULL) only sets *occ to its resident blocks per SM. */
 template <typename T, int D, int GM, int NP> cudaError_t launch(const AttParams &a, int n_seqs, cudaStream_t st, int *occ)
 {
     if (occ) return cudaOccupancyMaxActiveBlocksPerMultiprocessor(occ, rows_kernel<T, D, GM, NP>, kThreads, 0);
