@@ -22,6 +22,7 @@ static const loom_gpu_switch switches[] = {
     {"LOOM_STEP_PREFETCH", 0, 2, 1},           /* ... prefetching into L2 each layer's K/V (1), and W's first lines (2) */
     {"LOOM_GEMM_TUNE", 0, 1, 0},               /* time cuBLASLt's candidates for small-row shapes */
     {"LOOM_GPU_PROFILE", 0, 1, 0},             /* per-op CUDA-event profile at exit */
+    {"LOOM_TP_REDUCE_F32", 0, 1, 1},           /* TP sums fp32 partial products (0: partials rounded to act first) */
 };
 
 const loom_gpu_switch *loom_gpu_switches(size_t *n)

@@ -83,6 +83,10 @@ struct loom_gpu_model {
     bool external;               /* tables come from loom_gpu_seq_bind, not the free list */
     /* activations (device) */
     void *x, *xn, *qkv, *att, *o_out, *gu, *h, *mlp, *last, *logits_act;
+    /* o_out and mlp, the row-parallel projections' outputs, are fp32 under TP:
+     * each rank's partial product unrounded, summed in fp32 by the all-reduce
+     * and rounded once by the residual add, as the one-GPU product is. */
+    loom_dtype red_dt;
     void *x2;                    /* the residual's second buffer for the fused one-token step (H) */
     float *logits;
     void *attn_scratch, *samp_scratch;
@@ -327,6 +331,7 @@ static loom_status init_common(loom_gpu_model *m, const loom_config *cfg, const 
     }
     if (o->act != LOOM_F16 && o->act != LOOM_BF16) return loom_err_set(err, LOOM_EINVAL, "the GPU backend computes in fp16 or bf16");
     m->es = 2;
+    m->red_dt = m->tp > 1 && loom_gpu_env_int("LOOM_TP_REDUCE_F32") ? LOOM_F32 : o->act;
     int n_dev = 0;
     if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev == 0) {
         cudaGetLastError();
@@ -416,12 +421,12 @@ static loom_status alloc_runtime(loom_gpu_model *m, loom_err *err)
     const loom_gpu_opts *o = &m->o;
     const int64_t H = c->hidden_size, I = m->inter, V = c->vocab_size, hd = c->head_dim;
     const int64_t QD = m->nh * hd, KD = m->nkv * hd, T = o->max_tokens, S = o->max_seqs;
-    const size_t es = m->es;
+    const size_t es = m->es, res = m->red_dt == LOOM_F32 ? 4 : es;
     size_t ws = GEMM_WORKSPACE;
     struct { void **p; size_t bytes; } acts[] = {
         {&m->x, (size_t)(T * H) * es},       {&m->xn, (size_t)(T * H) * es},          {&m->qkv, (size_t)(T * (QD + 2 * KD)) * es},
-        {&m->att, (size_t)(T * QD) * es},    {&m->o_out, (size_t)(T * H) * es},       {&m->gu, (size_t)(T * 2 * I) * es},
-        {&m->h, (size_t)(T * I) * es},       {&m->mlp, (size_t)(T * H) * es},         {&m->last, (size_t)(S * H) * es},
+        {&m->att, (size_t)(T * QD) * es},    {&m->o_out, (size_t)(T * H) * res},      {&m->gu, (size_t)(T * 2 * I) * es},
+        {&m->h, (size_t)(T * I) * es},       {&m->mlp, (size_t)(T * H) * res},        {&m->last, (size_t)(S * H) * es},
         {&m->logits_act, (size_t)(S * m->vl) * es}, {(void **)&m->logits, (size_t)(S * V) * 4},
         {&m->gathered, (size_t)(m->tp * S * m->vl) * es}, {&m->x2, (size_t)H * es},
     };
@@ -744,6 +749,46 @@ static int linear(loom_gpu_model *m, void *y, const void *x, const void *w, cons
     return loom_cuda_gemm_run(m->gemm, y, x, w, b, m->o.act, n, in, out, st);
 }
 
+/* The row-parallel projections (o, down) into m->o_out / m->mlp: in act on
+ * one GPU, fp32 partial sums under TP (m->red_dt). */
+static int linear_red(loom_gpu_model *m, void *y, const void *x, const void *w, const void *b, int64_t n, int64_t in, int64_t out,
+                      cudaStream_t st)
+{
+    if (m->red_dt != LOOM_F32) return linear(m, y, x, w, b, n, in, out, st);
+    if (m->use_gemv && n == 1 && loom_cuda_gemv_ok(m->o.act, n, in, x, w)) return loom_cuda_gemv_f32(y, x, w, b, m->o.act, n, in, out, st);
+    return loom_cuda_gemm_run_f32(m->gemm, y, x, w, b, m->o.act, n, in, out, st);
+}
+
+/* residual m->x += delta (m->o_out or m->mlp, in m->red_dt; NULL adds
+ * nothing), then out = RMSNorm(m->x) * gamma, n rows. */
+static int add_norm(loom_gpu_model *m, const void *delta, void *out, const void *gamma, int64_t n)
+{
+    const loom_config *c = &m->cfg;
+    if (delta && m->red_dt == LOOM_F32)
+        return loom_cuda_add_rmsnorm_f32(m->x, delta, out, m->o.act, gamma, m->o.act, n, c->hidden_size, c->rms_norm_eps, m->stream);
+    return loom_cuda_add_rmsnorm(m->x, delta, out, m->o.act, gamma, m->o.act, n, c->hidden_size, c->rms_norm_eps, m->stream);
+}
+
+/* Sums the row-parallel output buf (T rows of H, in m->red_dt) over the TP
+ * group in place. (As an fp32 reduce-scatter, each rank's slice rounded to
+ * act, and an act all-gather, 3/4 of the bytes, it measured no faster at
+ * 16 MB and 10% slower a batch-64 step: bench/results/2026-11-21-h200x2-tp-
+ * reduce-f32.md.) */
+static int tp_reduce(loom_gpu_model *m, void *buf, int64_t T)
+{
+    const loom_gpu_dist *d = m->dist;
+    return d->allreduce(d->ctx, buf, T * m->cfg.hidden_size, m->red_dt, m->stream);
+}
+
+/* One token's row-parallel GEMV (o, down) into y: loom_cuda_gemv1, or its
+ * fp32 partial under TP. */
+static int gemv1_red(loom_gpu_model *m, void *y, const void *x, const void *w, const void *b, int64_t in, int64_t out,
+                     const loom_gemv_pre *pre)
+{
+    if (m->red_dt == LOOM_F32) return loom_cuda_gemv1_partial(y, x, w, b, m->o.act, in, out, pre, m->stream);
+    return loom_cuda_gemv1(y, x, w, b, m->o.act, in, out, pre, m->stream);
+}
+
 /* RoPE on q and k of m->qkv and the KV append into layer l's pool, one
  * kernel (k stays unrotated in qkv: attention reads keys from the pool). */
 static int rope_append(loom_gpu_model *m, int64_t l, int64_t T)
@@ -801,13 +846,13 @@ static loom_status fused_layers(loom_gpu_model *m, int64_t S, int64_t T, int64_t
     const int64_t H = c->hidden_size, I = m->inter, hd = c->head_dim;
     const int64_t QD = m->nh * hd, KD = m->nkv * hd, QKV = QD + 2 * KD;
     const float eps = c->rms_norm_eps;
-    const loom_gpu_dist *d = m->dist;
+    const int d32 = m->red_dt == LOOM_F32;
     cudaStream_t st = m->stream;
     for (int64_t l = 0; l < m->nl; l++) {
         gpu_layer *L = &m->layers[l];
         /* the first stage's layer 0 reads its token's embedding row itself */
         const bool gather = l == 0 && m->is_first;
-        const loom_gemv_pre pre_attn = {LOOM_GEMV_ADD_RMSNORM, l ? m->mlp : NULL, m->x2, L->attn_norm, eps, gather ? m->d_tokens : NULL};
+        const loom_gemv_pre pre_attn = {LOOM_GEMV_ADD_RMSNORM, l ? m->mlp : NULL, m->x2, L->attn_norm, eps, gather ? m->d_tokens : NULL, d32};
         const void *x_in = gather ? m->embed : m->x;
         if (m->fused_rope) {
             const loom_gemv_rope rope = {m->d_pos, m->d_slots, m->inv_freq, L->pool, m->nh, m->nkv, hd, B};
@@ -821,26 +866,26 @@ static loom_status fused_layers(loom_gpu_model *m, int64_t S, int64_t T, int64_t
         }
         LOOM_CHECK(attend(m, l, S, T, max_ctx, err));
         PROF(P_ATTN);
-        CUDA_TRY(loom_cuda_gemv1(m->o_out, m->att, L->w_o, L->b_o, o->act, QD, H, NULL, st), "o gemv");
+        CUDA_TRY(gemv1_red(m, m->o_out, m->att, L->w_o, L->b_o, QD, H, NULL), "o gemv");
         PROF(P_O);
         if (m->tp > 1) {
-            CUDA_TRY(d->allreduce(d->ctx, m->o_out, T * H, o->act, st), "all-reduce");
+            CUDA_TRY(tp_reduce(m, m->o_out, T), "all-reduce");
             PROF(P_COMM);
         }
-        const loom_gemv_pre pre_mlp = {LOOM_GEMV_ADD_RMSNORM, m->o_out, m->x, L->mlp_norm, eps, NULL};
+        const loom_gemv_pre pre_mlp = {LOOM_GEMV_ADD_RMSNORM, m->o_out, m->x, L->mlp_norm, eps, NULL, d32};
         if (m->fused_glu) {
             CUDA_TRY(loom_cuda_gemv1_glu(m->h, m->x2, L->w_gu, L->b_gu, o->act, H, I, &pre_mlp, st), "norm + gate/up gemv + silu*mul");
             PROF(P_GU);
-            CUDA_TRY(loom_cuda_gemv1(m->mlp, m->h, L->w_down, L->b_down, o->act, I, H, NULL, st), "down gemv");
+            CUDA_TRY(gemv1_red(m, m->mlp, m->h, L->w_down, L->b_down, I, H, NULL), "down gemv");
         } else {
             CUDA_TRY(loom_cuda_gemv1(m->gu, m->x2, L->w_gu, L->b_gu, o->act, H, 2 * I, &pre_mlp, st), "norm + gate/up gemv");
             PROF(P_GU);
-            const loom_gemv_pre pre_down = {LOOM_GEMV_SILU_MUL, NULL, NULL, NULL, 0.0f, NULL};
-            CUDA_TRY(loom_cuda_gemv1(m->mlp, m->gu, L->w_down, L->b_down, o->act, I, H, &pre_down, st), "silu*mul + down gemv");
+            const loom_gemv_pre pre_down = {LOOM_GEMV_SILU_MUL, NULL, NULL, NULL, 0.0f, NULL, 0};
+            CUDA_TRY(gemv1_red(m, m->mlp, m->gu, L->w_down, L->b_down, I, H, &pre_down), "silu*mul + down gemv");
         }
         PROF(P_DOWN);
         if (m->tp > 1) {
-            CUDA_TRY(d->allreduce(d->ctx, m->mlp, T * H, o->act, st), "all-reduce");
+            CUDA_TRY(tp_reduce(m, m->mlp, T), "all-reduce");
             PROF(P_COMM);
         }
     }
@@ -905,7 +950,7 @@ static loom_status launch_step(loom_gpu_model *m, int64_t S, int64_t T, int64_t 
     if (fused) LOOM_CHECK(fused_layers(m, S, T, max_ctx, err));
     for (int64_t l = 0; !fused && l < m->nl; l++) {
         gpu_layer *L = &m->layers[l];
-        CUDA_TRY(loom_cuda_add_rmsnorm(m->x, l ? m->mlp : NULL, m->xn, o->act, L->attn_norm, o->act, T, H, c->rms_norm_eps, st), "rmsnorm");
+        CUDA_TRY(add_norm(m, l ? m->mlp : NULL, m->xn, L->attn_norm, T), "rmsnorm");
         PROF(P_NORM);
         CUDA_TRY(linear(m, m->qkv, m->xn, L->w_qkv, L->b_qkv, T, H, QKV, st), "qkv gemm");
         PROF(P_QKV);
@@ -913,28 +958,28 @@ static loom_status launch_step(loom_gpu_model *m, int64_t S, int64_t T, int64_t 
         PROF(P_ROPE);
         LOOM_CHECK(attend(m, l, S, T, max_ctx, err));
         PROF(P_ATTN);
-        CUDA_TRY(linear(m, m->o_out, m->att, L->w_o, L->b_o, T, QD, H, st), "o gemm");
+        CUDA_TRY(linear_red(m, m->o_out, m->att, L->w_o, L->b_o, T, QD, H, st), "o gemm");
         PROF(P_O);
         if (m->tp > 1) {
-            CUDA_TRY(d->allreduce(d->ctx, m->o_out, T * H, o->act, st), "all-reduce");
+            CUDA_TRY(tp_reduce(m, m->o_out, T), "all-reduce");
             PROF(P_COMM);
         }
-        CUDA_TRY(loom_cuda_add_rmsnorm(m->x, m->o_out, m->xn, o->act, L->mlp_norm, o->act, T, H, c->rms_norm_eps, st), "rmsnorm");
+        CUDA_TRY(add_norm(m, m->o_out, m->xn, L->mlp_norm, T), "rmsnorm");
         PROF(P_NORM);
         CUDA_TRY(linear(m, m->gu, m->xn, L->w_gu, L->b_gu, T, H, 2 * I, st), "gate/up gemm");
         PROF(P_GU);
         CUDA_TRY(loom_cuda_silu_mul(m->h, m->gu, o->act, T, I, st), "silu*mul");
         PROF(P_SILU);
-        CUDA_TRY(linear(m, m->mlp, m->h, L->w_down, L->b_down, T, I, H, st), "down gemm");
+        CUDA_TRY(linear_red(m, m->mlp, m->h, L->w_down, L->b_down, T, I, H, st), "down gemm");
         PROF(P_DOWN);
         if (m->tp > 1) {
-            CUDA_TRY(d->allreduce(d->ctx, m->mlp, T * H, o->act, st), "all-reduce");
+            CUDA_TRY(tp_reduce(m, m->mlp, T), "all-reduce");
             PROF(P_COMM);
         }
     }
     if (!m->is_last) {
         /* finish the residual (x += mlp; the normed copy is not used) and pass it on */
-        CUDA_TRY(loom_cuda_add_rmsnorm(m->x, m->mlp, m->xn, o->act, m->layers[m->nl - 1].mlp_norm, o->act, T, H, c->rms_norm_eps, st), "residual");
+        CUDA_TRY(add_norm(m, m->mlp, m->xn, m->layers[m->nl - 1].mlp_norm, T), "residual");
         PROF(P_NORM);
         CUDA_TRY(d->send_next(d->ctx, m->x, T * H, o->act, st), "send to the next stage");
         PROF(P_COMM);
@@ -942,14 +987,14 @@ static loom_status launch_step(loom_gpu_model *m, int64_t S, int64_t T, int64_t 
     }
     if (fused) {
         /* one token: it is the last row; the final norm runs inside lm_head's GEMV */
-        const loom_gemv_pre pre = {LOOM_GEMV_ADD_RMSNORM, m->mlp, NULL, m->final_norm, c->rms_norm_eps, NULL};
+        const loom_gemv_pre pre = {LOOM_GEMV_ADD_RMSNORM, m->mlp, NULL, m->final_norm, c->rms_norm_eps, NULL, m->red_dt == LOOM_F32};
         if (m->tp == 1) /* the fp32 logits straight from the GEMV: no cast kernel */
             CUDA_TRY(loom_cuda_gemv1_f32(m->logits, m->x, m->lm_head, NULL, o->act, H, m->vl, &pre, st), "final norm + lm_head gemv");
         else
             CUDA_TRY(loom_cuda_gemv1(m->logits_act, m->x, m->lm_head, NULL, o->act, H, m->vl, &pre, st), "final norm + lm_head gemv");
         PROF(P_LM_HEAD);
     } else {
-        CUDA_TRY(loom_cuda_add_rmsnorm(m->x, m->mlp, m->xn, o->act, m->final_norm, o->act, T, H, c->rms_norm_eps, st), "final norm");
+        CUDA_TRY(add_norm(m, m->mlp, m->xn, m->final_norm, T), "final norm");
         PROF(P_NORM);
         CUDA_TRY(loom_gpu_gather_rows(m->last, m->xn, o->act, m->d_last, S, H, st), "gather");
         CUDA_TRY(linear(m, m->logits_act, m->last, m->lm_head, NULL, S, H, m->vl, st), "lm_head gemm");

@@ -155,16 +155,17 @@ cudaError_t embedding_launch(void *out, const void *table, const int32_t *ids, i
 /* ---- residual add + RMSNorm --------------------------------------------- */
 
 /* residual[j..j+V) += delta (rounded to TA and stored back) when delta is
- * given; f gets the (rounded) new residual. */
-template <typename TA, int V>
-__device__ __forceinline__ void add_residual(TA *res, const TA *del, int64_t j, float *f)
+ * given; f gets the (rounded) new residual. A delta in fp32 (TD float, a TP
+ * sum) is rounded to TA first, as the one-GPU GEMM stores its output. */
+template <typename TA, typename TD, int V>
+__device__ __forceinline__ void add_residual(TA *res, const TD *del, int64_t j, float *f)
 {
     loadv<V>(res + j, f);
     if (del) {
         float d[V];
         loadv<V>(del + j, d);
 #pragma unroll
-        for (int i = 0; i < V; i++) f[i] = round_to<TA>(f[i] + d[i]);
+        for (int i = 0; i < V; i++) f[i] = round_to<TA>(f[i] + round_to<TA>(d[i]));
         storev<V>(res + j, f);
     }
 }
@@ -172,13 +173,13 @@ __device__ __forceinline__ void add_residual(TA *res, const TA *del, int64_t j, 
 /* grid (n), one row per block. The first CACHE strides of the row stay in
  * registers between the sum of squares and the scaling; any rest is re-read
  * (each thread re-reads only what it wrote itself). */
-template <typename TA, typename TW, int V, int CACHE>
-__global__ void add_rmsnorm_kernel(TA *residual, const TA *delta, TA *out, const TW *w, int64_t dim,
+template <typename TA, typename TW, typename TD, int V, int CACHE>
+__global__ void add_rmsnorm_kernel(TA *residual, const TD *delta, TA *out, const TW *w, int64_t dim,
                                    float eps)
 {
     const int64_t off = (int64_t)blockIdx.x * dim;
     TA *res = residual + off;
-    const TA *del = delta ? delta + off : nullptr;
+    const TD *del = delta ? delta + off : nullptr;
     TA *o = out + off;
     const int64_t stride = (int64_t)V * blockDim.x, j0 = (int64_t)V * threadIdx.x;
 
@@ -188,14 +189,14 @@ __global__ void add_rmsnorm_kernel(TA *residual, const TA *delta, TA *out, const
     for (int c = 0; c < CACHE; c++) {
         const int64_t j = j0 + c * stride;
         if (j < dim) {
-            add_residual<TA, V>(res, del, j, cache[c]);
+            add_residual<TA, TD, V>(res, del, j, cache[c]);
 #pragma unroll
             for (int i = 0; i < V; i++) ss += cache[c][i] * cache[c][i];
         }
     }
     for (int64_t j = j0 + CACHE * stride; j < dim; j += stride) {
         float f[V];
-        add_residual<TA, V>(res, del, j, f);
+        add_residual<TA, TD, V>(res, del, j, f);
 #pragma unroll
         for (int i = 0; i < V; i++) ss += f[i] * f[i];
     }
@@ -221,7 +222,7 @@ __global__ void add_rmsnorm_kernel(TA *residual, const TA *delta, TA *out, const
     }
 }
 
-template <typename TA, typename TW>
+template <typename TA, typename TW, typename TD = TA>
 cudaError_t add_rmsnorm_launch(void *residual, const void *delta, void *out, const void *w, int64_t n,
                                int64_t dim, float eps, cudaStream_t s)
 {
@@ -229,11 +230,11 @@ cudaError_t add_rmsnorm_launch(void *residual, const void *delta, void *out, con
                      aligned16(out) && aligned16(w);
     const int threads = row_threads(vec ? dim / 8 : dim);
     TA *r = static_cast<TA *>(residual);
-    const TA *d = static_cast<const TA *>(delta);
+    const TD *d = static_cast<const TD *>(delta);
     TA *o = static_cast<TA *>(out);
     const TW *g = static_cast<const TW *>(w);
-    if (vec) add_rmsnorm_kernel<TA, TW, 8, 4><<<(unsigned)n, threads, 0, s>>>(r, d, o, g, dim, eps);
-    else add_rmsnorm_kernel<TA, TW, 1, 8><<<(unsigned)n, threads, 0, s>>>(r, d, o, g, dim, eps);
+    if (vec) add_rmsnorm_kernel<TA, TW, TD, 8, 4><<<(unsigned)n, threads, 0, s>>>(r, d, o, g, dim, eps);
+    else add_rmsnorm_kernel<TA, TW, TD, 1, 8><<<(unsigned)n, threads, 0, s>>>(r, d, o, g, dim, eps);
     return cudaGetLastError();
 }
 
@@ -451,6 +452,13 @@ template <typename TA, typename TW> struct AddRmsnormF {
         return add_rmsnorm_launch<TA, TW>(residual, delta, out, w, n, dim, eps, s);
     }
 };
+template <typename TA, typename TW> struct AddRmsnormF32F {
+    static cudaError_t run(void *residual, const void *delta, void *out, const void *w, int64_t n, int64_t dim,
+                           float eps, cudaStream_t s)
+    {
+        return add_rmsnorm_launch<TA, TW, float>(residual, delta, out, w, n, dim, eps, s);
+    }
+};
 
 } // namespace
 
@@ -472,6 +480,17 @@ extern "C" int loom_cuda_add_rmsnorm(void *residual, const void *delta, void *ou
     if (!residual || !out || !w) return (int)cudaErrorInvalidValue;
     return (int)dispatch2<AddRmsnormF>(act, wdt, residual, delta, out, w, n, dim, eps,
                                        static_cast<cudaStream_t>(stream));
+}
+
+extern "C" int loom_cuda_add_rmsnorm_f32(void *residual, const float *delta, void *out, loom_dtype act,
+                                         const void *w, loom_dtype wdt, int64_t n, int64_t dim, float eps,
+                                         void *stream)
+{
+    if (n < 0 || dim < 0 || n > 0x7fffffff) return (int)cudaErrorInvalidValue;
+    if (n == 0 || dim == 0) return (int)cudaSuccess;
+    if (!residual || !delta || !out || !w) return (int)cudaErrorInvalidValue;
+    return (int)dispatch2<AddRmsnormF32F>(act, wdt, residual, delta, out, w, n, dim, eps,
+                                          static_cast<cudaStream_t>(stream));
 }
 
 extern "C" int loom_cuda_rope(void *q, int64_t q_stride, void *k, int64_t k_stride, loom_dtype act,
@@ -528,4 +547,28 @@ extern "C" int loom_cuda_silu_mul(void *out, const void *gate_up, loom_dtype act
     case LOOM_BF16: return (int)silu_mul_launch<__nv_bfloat16>(out, gate_up, n, inter, s);
     default: return (int)cudaErrorInvalidValue;
     }
+}
+
+/* ---- bias into an fp32 product (loom_cuda_gemm_run_f32's epilogue) ---- */
+
+namespace {
+template <typename TA> __global__ void add_bias_f32_kernel(float *y, const TA *bias, int64_t n, int64_t out)
+{
+    const int64_t total = n * out;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x)
+        y[i] += to_f32(bias[i % out]);
+}
+} // namespace
+
+extern "C" int loom_cuda_add_bias_f32(float *y, const void *bias, loom_dtype act, int64_t n, int64_t out, void *stream)
+{
+    if (n < 0 || out < 0 || (act != LOOM_F16 && act != LOOM_BF16)) return (int)cudaErrorInvalidValue;
+    if (n == 0 || out == 0) return (int)cudaSuccess;
+    if (!y || !bias) return (int)cudaErrorInvalidValue;
+    const int64_t total = n * out, threads = 256;
+    const unsigned blocks = (unsigned)(total / threads + 1 < 4096 ? total / threads + 1 : 4096);
+    cudaStream_t s = static_cast<cudaStream_t>(stream);
+    if (act == LOOM_F16) add_bias_f32_kernel<__half><<<blocks, threads, 0, s>>>(y, static_cast<const __half *>(bias), n, out);
+    else add_bias_f32_kernel<__nv_bfloat16><<<blocks, threads, 0, s>>>(y, static_cast<const __nv_bfloat16 *>(bias), n, out);
+    return (int)cudaGetLastError();
 }

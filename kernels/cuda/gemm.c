@@ -60,6 +60,7 @@ typedef struct gemm_key {
     int64_t n, in_dim, out_dim;
     int32_t act;   /* loom_dtype */
     int32_t bias;  /* 0 or 1 */
+    int32_t y_f32; /* 0: y in act; 1: y in fp32 */
     int32_t align; /* smallest alignment (bytes, <= 256) of x, w, y, bias */
     int32_t used;  /* 0: empty slot */
 } gemm_key;
@@ -157,7 +158,7 @@ static uint64_t key_hash(const gemm_key *k)
 {
     uint64_t h = 0xcbf29ce484222325ull;
     const uint64_t v[4] = {(uint64_t)k->n, (uint64_t)k->in_dim, (uint64_t)k->out_dim,
-                           ((uint64_t)k->act << 40) ^ ((uint64_t)k->bias << 32) ^ (uint64_t)k->align};
+                           ((uint64_t)k->act << 40) ^ ((uint64_t)k->y_f32 << 36) ^ ((uint64_t)k->bias << 32) ^ (uint64_t)k->align};
     for (int i = 0; i < 4; i++) {
         h ^= v[i];
         h *= 0x100000001b3ull;
@@ -169,7 +170,7 @@ static uint64_t key_hash(const gemm_key *k)
 static int key_eq(const gemm_key *a, const gemm_key *b)
 {
     return a->used && a->n == b->n && a->in_dim == b->in_dim && a->out_dim == b->out_dim &&
-           a->act == b->act && a->bias == b->bias && a->align == b->align;
+           a->act == b->act && a->bias == b->bias && a->y_f32 == b->y_f32 && a->align == b->align;
 }
 
 #define LT_TRY(expr)                                                           \
@@ -237,7 +238,7 @@ static int entry_build(loom_cuda_gemm *g, gemm_entry *e, const gemm_key *k, cubl
     }
     LT_TRY(cublasLtMatrixLayoutInit(&e->la, t, (uint64_t)k->in_dim, (uint64_t)k->out_dim, k->in_dim));
     LT_TRY(cublasLtMatrixLayoutInit(&e->lb, t, (uint64_t)k->in_dim, (uint64_t)k->n, k->in_dim));
-    LT_TRY(cublasLtMatrixLayoutInit(&e->ld, t, (uint64_t)k->out_dim, (uint64_t)k->n, k->out_dim));
+    LT_TRY(cublasLtMatrixLayoutInit(&e->ld, k->y_f32 ? CUDA_R_32F : t, (uint64_t)k->out_dim, (uint64_t)k->n, k->out_dim));
 
     cublasLtMatmulPreferenceOpaque_t pref_s;
     cublasLtMatmulPreference_t pref = &pref_s;
@@ -347,8 +348,9 @@ static int entry_tune(loom_cuda_gemm *g, gemm_entry *e, const cublasLtMatmulHeur
     return 0;
 }
 
-int loom_cuda_gemm_run(loom_cuda_gemm *g, void *y, const void *x, const void *w, const void *bias,
-                       loom_dtype act, int64_t n, int64_t in_dim, int64_t out_dim, void *stream)
+/* loom_cuda_gemm_run and _f32: y in act, or (y_f32) in fp32. */
+static int gemm_run(loom_cuda_gemm *g, void *y, int y_f32, const void *x, const void *w, const void *bias, loom_dtype act, int64_t n,
+                    int64_t in_dim, int64_t out_dim, void *stream)
 {
     if (!g || !y || !x || !w || (act != LOOM_F16 && act != LOOM_BF16) || n < 0 || in_dim <= 0 ||
         out_dim <= 0)
@@ -362,6 +364,7 @@ int loom_cuda_gemm_run(loom_cuda_gemm *g, void *y, const void *x, const void *w,
     k.out_dim = out_dim;
     k.act = (int32_t)act;
     k.bias = bias != NULL;
+    k.y_f32 = y_f32;
     int32_t al = ptr_align(x);
     int32_t a2 = ptr_align(w), a3 = ptr_align(y);
     if (a2 < al) al = a2;
@@ -414,4 +417,18 @@ int loom_cuda_gemm_run(loom_cuda_gemm *g, void *y, const void *x, const void *w,
     LT_TRY(cublasLtMatmul(g->lt, &e->desc, &alpha, w, &e->la, x, &e->lb, &beta, y, &e->ld, y, &e->ld,
                           &e->algo, g->workspace, g->workspace_bytes, (cudaStream_t)stream));
     return 0;
+}
+
+int loom_cuda_gemm_run(loom_cuda_gemm *g, void *y, const void *x, const void *w, const void *bias,
+                       loom_dtype act, int64_t n, int64_t in_dim, int64_t out_dim, void *stream)
+{
+    return gemm_run(g, y, 0, x, w, bias, act, n, in_dim, out_dim, stream);
+}
+
+int loom_cuda_gemm_run_f32(loom_cuda_gemm *g, float *y, const void *x, const void *w, const void *bias,
+                           loom_dtype act, int64_t n, int64_t in_dim, int64_t out_dim, void *stream)
+{
+    int rc = gemm_run(g, y, 1, x, w, NULL, act, n, in_dim, out_dim, stream);
+    if (rc == 0 && bias && n > 0) rc = loom_cuda_add_bias_f32(y, bias, act, n, out_dim, stream);
+    return rc;
 }

@@ -17,9 +17,10 @@
 
 #define ROWS_PER_BLOCK 4
 
-/* S: scalar type, P: its pair type; N rows of x. in % 8 == 0, 16-byte aligned rows. */
-template <typename S, typename P, int N>
-__global__ void __launch_bounds__(32 * ROWS_PER_BLOCK) gemv_kernel(S *__restrict__ y, const S *__restrict__ x, const S *__restrict__ w,
+/* S: scalar type, P: its pair type; N rows of x; Y: y's type (S, or float
+ * not rounded). in % 8 == 0, 16-byte aligned rows. */
+template <typename S, typename P, int N, typename Y>
+__global__ void __launch_bounds__(32 * ROWS_PER_BLOCK) gemv_kernel(Y *__restrict__ y, const S *__restrict__ x, const S *__restrict__ w,
                                                                  const S *__restrict__ bias, int in, int out)
 {
     const int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.y;
@@ -74,25 +75,28 @@ __global__ void __launch_bounds__(32 * ROWS_PER_BLOCK) gemv_kernel(S *__restrict
     if (lane == 0) {
         float b = bias ? to_f32<S>(bias[row]) : 0.0f;
 #pragma unroll
-        for (int j = 0; j < N; j++) y[(size_t)j * out + row] = from_f32<S>(acc[j] + b);
+        for (int j = 0; j < N; j++) {
+            if constexpr (sizeof(Y) == 4) y[(size_t)j * out + row] = acc[j] + b;
+            else y[(size_t)j * out + row] = from_f32<S>(acc[j] + b);
+        }
     }
 }
 
-template <typename S, typename P>
+template <typename S, typename P, typename Yt>
 static int launch(void *y, const void *x, const void *w, const void *bias, int n, int in, int out, cudaStream_t st)
 {
     dim3 block(32, ROWS_PER_BLOCK), grid((unsigned)((out + ROWS_PER_BLOCK - 1) / ROWS_PER_BLOCK));
-    S *Y = (S *)y;
+    Yt *Y = (Yt *)y;
     const S *X = (const S *)x, *W = (const S *)w, *Bi = (const S *)bias;
     switch (n) {
-    case 1: gemv_kernel<S, P, 1><<<grid, block, 0, st>>>(Y, X, W, Bi, in, out); break;
-    case 2: gemv_kernel<S, P, 2><<<grid, block, 0, st>>>(Y, X, W, Bi, in, out); break;
-    case 3: gemv_kernel<S, P, 3><<<grid, block, 0, st>>>(Y, X, W, Bi, in, out); break;
-    case 4: gemv_kernel<S, P, 4><<<grid, block, 0, st>>>(Y, X, W, Bi, in, out); break;
-    case 5: gemv_kernel<S, P, 5><<<grid, block, 0, st>>>(Y, X, W, Bi, in, out); break;
-    case 6: gemv_kernel<S, P, 6><<<grid, block, 0, st>>>(Y, X, W, Bi, in, out); break;
-    case 7: gemv_kernel<S, P, 7><<<grid, block, 0, st>>>(Y, X, W, Bi, in, out); break;
-    case 8: gemv_kernel<S, P, 8><<<grid, block, 0, st>>>(Y, X, W, Bi, in, out); break;
+    case 1: gemv_kernel<S, P, 1, Yt><<<grid, block, 0, st>>>(Y, X, W, Bi, in, out); break;
+    case 2: gemv_kernel<S, P, 2, Yt><<<grid, block, 0, st>>>(Y, X, W, Bi, in, out); break;
+    case 3: gemv_kernel<S, P, 3, Yt><<<grid, block, 0, st>>>(Y, X, W, Bi, in, out); break;
+    case 4: gemv_kernel<S, P, 4, Yt><<<grid, block, 0, st>>>(Y, X, W, Bi, in, out); break;
+    case 5: gemv_kernel<S, P, 5, Yt><<<grid, block, 0, st>>>(Y, X, W, Bi, in, out); break;
+    case 6: gemv_kernel<S, P, 6, Yt><<<grid, block, 0, st>>>(Y, X, W, Bi, in, out); break;
+    case 7: gemv_kernel<S, P, 7, Yt><<<grid, block, 0, st>>>(Y, X, W, Bi, in, out); break;
+    case 8: gemv_kernel<S, P, 8, Yt><<<grid, block, 0, st>>>(Y, X, W, Bi, in, out); break;
     default: return (int)cudaErrorInvalidValue;
     }
     return (int)cudaGetLastError();
@@ -107,10 +111,19 @@ extern "C" int loom_cuda_gemv_ok(loom_dtype act, int64_t n, int64_t in_dim, cons
 extern "C" int loom_cuda_gemv(void *y, const void *x, const void *w, const void *bias, loom_dtype act, int64_t n, int64_t in_dim,
                               int64_t out_dim, void *stream)
 {
-    if (!loom_cuda_gemv_ok(act, n, in_dim, x, w) || out_dim < 1 || out_dim > (1 << 30)) return (int)cudaErrorInvalidValue;
+    if (!loom_cuda_gemv_ok(act, n, in_dim, x, w) || !y || out_dim < 1 || out_dim > (1 << 30)) return (int)cudaErrorInvalidValue;
     cudaStream_t st = (cudaStream_t)stream;
-    if (act == LOOM_F16) return launch<__half, __half2>(y, x, w, bias, (int)n, (int)in_dim, (int)out_dim, st);
-    return launch<__nv_bfloat16, __nv_bfloat162>(y, x, w, bias, (int)n, (int)in_dim, (int)out_dim, st);
+    if (act == LOOM_F16) return launch<__half, __half2, __half>(y, x, w, bias, (int)n, (int)in_dim, (int)out_dim, st);
+    return launch<__nv_bfloat16, __nv_bfloat162, __nv_bfloat16>(y, x, w, bias, (int)n, (int)in_dim, (int)out_dim, st);
+}
+
+extern "C" int loom_cuda_gemv_f32(float *y, const void *x, const void *w, const void *bias, loom_dtype act, int64_t n, int64_t in_dim,
+                                  int64_t out_dim, void *stream)
+{
+    if (!loom_cuda_gemv_ok(act, n, in_dim, x, w) || !y || out_dim < 1 || out_dim > (1 << 30)) return (int)cudaErrorInvalidValue;
+    cudaStream_t st = (cudaStream_t)stream;
+    if (act == LOOM_F16) return launch<__half, __half2, float>(y, x, w, bias, (int)n, (int)in_dim, (int)out_dim, st);
+    return launch<__nv_bfloat16, __nv_bfloat162, float>(y, x, w, bias, (int)n, (int)in_dim, (int)out_dim, st);
 }
 
 template <typename S, typename P, int MODE, int EPI>
@@ -138,8 +151,8 @@ __global__ void __launch_bounds__(32 * G1_WARPS, 4) gemv1_kernel(Gemv1Args a)
     if (MODE == LOOM_GEMV_PLAIN) {
         for (int i = threadIdx.x; i < n8; i += blockDim.x) xs[i] = x ? x[i] : zero;
     } else if (MODE == LOOM_GEMV_ADD_RMSNORM) { /* two passes: x + delta, then the norm in act */
-        add_rmsnorm_into<P, false>(xs, x, static_cast<const uint4 *>(a.delta), g, blockIdx.x == 0 ? static_cast<uint4 *>(a.x_out) : nullptr,
-                                   a.in, a.eps);
+        add_rmsnorm_into<P, false>(xs, x, a.delta, g, blockIdx.x == 0 ? static_cast<uint4 *>(a.x_out) : nullptr, a.in, a.eps,
+                                   a.delta_f32 != 0);
     } else { /* LOOM_GEMV_SILU_MUL: x = [gate | up] */
         for (int i = threadIdx.x; i < n8; i += blockDim.x) {
             const uint4 gv = x[i], uv = x[n8 + i];
@@ -257,14 +270,15 @@ static int g1_args(Gemv1Args *a, int *mode_out, void *y, const void *x, const vo
     a->gamma = mode == LOOM_GEMV_ADD_RMSNORM ? pre->gamma : nullptr;
     a->x_out = mode == LOOM_GEMV_ADD_RMSNORM ? pre->x_out : nullptr;
     a->eps = mode == LOOM_GEMV_ADD_RMSNORM ? pre->eps : 0.0f;
+    a->delta_f32 = mode == LOOM_GEMV_ADD_RMSNORM && pre->delta && pre->delta_f32;
     a->row = pre ? pre->row : nullptr;
     a->in = (int)in_dim;
     a->out = a->items = (int)out_dim;
     return 0;
 }
 
-/* loom_cuda_gemv1 and loom_cuda_gemv1_f32: the plain-store epilogue, y in
- * act or (y_f32) in fp32. */
+/* loom_cuda_gemv1, _f32 and _partial: the plain-store epilogue, y in act
+ * (y_f32 0), in fp32 rounded to act (1) or in fp32 not rounded (2). */
 static int gemv1_store(void *y, int y_f32, const void *x, const void *w, const void *bias, loom_dtype act, int64_t in_dim, int64_t out_dim,
                        const loom_gemv_pre *pre, void *stream)
 {
@@ -287,6 +301,12 @@ extern "C" int loom_cuda_gemv1_f32(float *y, const void *x, const void *w, const
                                    int64_t out_dim, const loom_gemv_pre *pre, void *stream)
 {
     return gemv1_store(y, 1, x, w, bias, act, in_dim, out_dim, pre, stream);
+}
+
+extern "C" int loom_cuda_gemv1_partial(float *y, const void *x, const void *w, const void *bias, loom_dtype act, int64_t in_dim,
+                                       int64_t out_dim, const loom_gemv_pre *pre, void *stream)
+{
+    return gemv1_store(y, 2, x, w, bias, act, in_dim, out_dim, pre, stream);
 }
 
 extern "C" int loom_cuda_gemv1_rope(void *y, const void *x, const void *w, const void *bias, loom_dtype act, int64_t in_dim,

@@ -33,7 +33,8 @@ struct Gemv1Args {
     int in, out;
     int trigger;           /* PDL: 0 none (at exit), 1 after the wait, 2 after the rows */
     int gamma_staged;      /* ADD_RMSNORM: gamma copied to smem after the vector before the wait */
-    int y_f32;             /* STORE: y is fp32 (each value rounded to act first) */
+    int y_f32;             /* STORE: y is fp32: 1 each value rounded to act first, 2 not rounded (a TP partial) */
+    int delta_f32;         /* ADD_RMSNORM: delta is fp32, each value rounded to act before the add */
     const int32_t *row;    /* x is a table; the input is its row row[0] (the embedding gather) */
     int items;             /* work items: out rows, or (ROPE) row pairs of q/k plus v rows */
     float eps;
@@ -144,7 +145,8 @@ __device__ __forceinline__ void g1_rows(const Gemv1Args &a, const uint4 *xs, int
         const S v1 = from_f32<S>(d1 + (bias ? to_f32<S>(bias[rp.r1]) : 0.0f)); /* rounded as the GEMM's output */
         if (EPI == EPI_STORE || rp.r2 < 0) {
             if (lane == 0) {
-                if (EPI == EPI_STORE && a.y_f32) static_cast<float *>(a.y)[rp.r1] = to_f32<S>(v1);
+                if (EPI == EPI_STORE && a.y_f32 == 2) static_cast<float *>(a.y)[rp.r1] = d1 + (bias ? to_f32<S>(bias[rp.r1]) : 0.0f);
+                else if (EPI == EPI_STORE && a.y_f32) static_cast<float *>(a.y)[rp.r1] = to_f32<S>(v1);
                 else y[rp.r1] = v1;
                 if (ROPE && rp.head < 0 && kdst) { /* a v row: into the pool's V half */
                     const int e = rp.r1 - (a.n_heads + a.n_kv_heads) * a.head_dim, h = e / a.head_dim, dd = e % a.head_dim;
@@ -206,6 +208,22 @@ template <typename P, bool CG = false> __device__ __forceinline__ void add_resid
     }
 }
 
+/* add_residual with delta in fp32 (chunk i = its floats 8i .. 8i + 7): each
+ * delta value is rounded to act first (the one-GPU product as stored), then
+ * added and rounded as add_residual does. */
+template <typename P> __device__ __forceinline__ void add_residual_f32(uint4 &v, const float4 *d, int i, float &ss)
+{
+    P *vp = reinterpret_cast<P *>(&v);
+    const float4 d0 = d[2 * i], d1 = d[2 * i + 1];
+    const P e[4] = {pack2<P>(d0.x, d0.y), pack2<P>(d0.z, d0.w), pack2<P>(d1.x, d1.y), pack2<P>(d1.z, d1.w)};
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        const float2 f = to_f2<P>(vp[k]), g = to_f2<P>(e[k]);
+        vp[k] = pack2<P>(f.x + g.x, f.y + g.y);
+    }
+    add_residual<P>(v, nullptr, i, ss);
+}
+
 /* v * r * gamma, elementwise in fp32, rounded to act (the norm's second pass). */
 template <typename P> __device__ __forceinline__ uint4 norm_chunk(uint4 v, const uint4 gv, float r)
 {
@@ -221,17 +239,19 @@ template <typename P> __device__ __forceinline__ uint4 norm_chunk(uint4 v, const
 
 /* The ADD_RMSNORM prologue, by the whole block (no trailing sync): xs =
  * RMSNorm(x + delta) * gamma in act, x_out = x + delta when not NULL (x NULL
- * reads zeros, delta NULL adds nothing). CG: x and delta are read through L2
- * only (written in the same kernel by other blocks). */
+ * reads zeros, delta NULL adds nothing; delta in fp32 when delta_f32). CG: x
+ * and delta are read through L2 only (written in the same kernel by other
+ * blocks; not with delta_f32). */
 template <typename P, bool CG>
-__device__ __forceinline__ void add_rmsnorm_into(uint4 *xs, const uint4 *x, const uint4 *delta, const uint4 *gamma, uint4 *x_out, int in,
-                                                 float eps)
+__device__ __forceinline__ void add_rmsnorm_into(uint4 *xs, const uint4 *x, const void *delta, const uint4 *gamma, uint4 *x_out, int in,
+                                                 float eps, bool delta_f32 = false)
 {
     const int n8 = in / 8;
     float ss = 0.0f;
     for (int i = threadIdx.x; i < n8; i += blockDim.x) {
         uint4 v = x ? (CG ? __ldcg(x + i) : x[i]) : make_uint4(0, 0, 0, 0);
-        add_residual<P, CG>(v, delta, i, ss);
+        if (delta && delta_f32) add_residual_f32<P>(v, static_cast<const float4 *>(delta), i, ss);
+        else add_residual<P, CG>(v, static_cast<const uint4 *>(delta), i, ss);
         xs[i] = v;
         if (x_out) x_out[i] = v;
     }

@@ -40,6 +40,14 @@ int loom_cuda_add_rmsnorm(void *residual, const void *delta, void *out, loom_dty
                           const void *w, loom_dtype wdt, int64_t n, int64_t dim, float eps,
                           void *stream);
 
+/* loom_cuda_add_rmsnorm with delta (n, dim) in fp32: a tensor-parallel sum of
+ * fp32 partial products. Each delta value is first rounded to act, so with
+ * the exact sum the result equals loom_cuda_add_rmsnorm's on the one-GPU
+ * product (rounded once, as the GEMM stores it). delta must not be NULL. */
+int loom_cuda_add_rmsnorm_f32(void *residual, const float *delta, void *out, loom_dtype act,
+                              const void *w, loom_dtype wdt, int64_t n, int64_t dim, float eps,
+                              void *stream);
+
 /* Rotary embedding in place on q (n, n_heads, head_dim) and k (n, n_kv_heads,
  * head_dim), Hugging Face rotate_half layout (i pairs with i + head_dim/2),
  * angle = pos[t] * inv_freq[i] computed in fp32 (inv_freq (head_dim/2) fp32 on
@@ -99,6 +107,17 @@ void loom_cuda_gemm_destroy(loom_cuda_gemm *g);
 int loom_cuda_gemm_run(loom_cuda_gemm *g, void *y, const void *x, const void *w, const void *bias,
                        loom_dtype act, int64_t n, int64_t in_dim, int64_t out_dim, void *stream);
 
+/* loom_cuda_gemm_run with y in fp32, not rounded to act: a tensor-parallel
+ * rank's partial product, summed across ranks before it is rounded. bias (in
+ * act) is added in fp32 by loom_cuda_add_bias_f32 after the GEMM (cuBLASLt's
+ * bias epilogue takes no act bias with an fp32 D). Its algorithm is cached
+ * apart from the act one's. */
+int loom_cuda_gemm_run_f32(loom_cuda_gemm *g, float *y, const void *x, const void *w, const void *bias,
+                           loom_dtype act, int64_t n, int64_t in_dim, int64_t out_dim, void *stream);
+
+/* y (n, out) fp32 += bias (out, act) per row, in fp32 (elementwise.cu). */
+int loom_cuda_add_bias_f32(float *y, const void *bias, loom_dtype act, int64_t n, int64_t out, void *stream);
+
 /* ---- skinny GEMM for decode (kernels/cuda/gemv.cu) ---- */
 
 /* True when loom_cuda_gemv handles this call: fp16/bf16, 1 <= n <= 8,
@@ -109,6 +128,11 @@ int loom_cuda_gemv_ok(loom_dtype act, int64_t n, int64_t in_dim, const void *x, 
  * stream over W (one warp per output row). */
 int loom_cuda_gemv(void *y, const void *x, const void *w, const void *bias, loom_dtype act, int64_t n, int64_t in_dim,
                    int64_t out_dim, void *stream);
+
+/* loom_cuda_gemv with y (n, out_dim) in fp32, not rounded to act (a
+ * tensor-parallel partial product, as loom_cuda_gemm_run_f32). */
+int loom_cuda_gemv_f32(float *y, const void *x, const void *w, const void *bias, loom_dtype act, int64_t n, int64_t in_dim,
+                       int64_t out_dim, void *stream);
 
 /* ---- one-row decode kernels with fused prologues (kernels/cuda/gemv.cu) ----
  * For a batch of one token, what sits between two GEMVs (the residual add and
@@ -128,13 +152,15 @@ typedef enum {
 
 typedef struct {
     loom_gemv_prologue kind;
-    const void *delta; /* ADD_RMSNORM: in_dim elements added to x; NULL adds nothing */
+    const void *delta; /* ADD_RMSNORM: in_dim elements added to x; NULL adds nothing. In act, or
+                        * (delta_f32) in fp32, each value rounded to act before the add */
     void *x_out;       /* ADD_RMSNORM: receives r (in_dim); NULL: not stored. Must not alias x or delta */
     const void *gamma; /* ADD_RMSNORM: the norm weight (in_dim, act) */
     float eps;
     const int32_t *row; /* ADD_RMSNORM or PLAIN, device, or NULL: x is a table and its row row[0]
                          * (x + row[0] * in_dim) the input: the embedding gather of a one-token step;
                          * a negative row[0] reads zeros (as loom_cuda_embedding) */
+    int delta_f32;      /* ADD_RMSNORM: delta is fp32 (a tensor-parallel sum of partial products) */
 } loom_gemv_pre;
 
 /* True when loom_cuda_gemv1 handles this call: fp16/bf16, in_dim % 8 == 0,
@@ -154,6 +180,12 @@ int loom_cuda_gemv1(void *y, const void *x, const void *w, const void *bias, loo
  * logits without the cast kernel). */
 int loom_cuda_gemv1_f32(float *y, const void *x, const void *w, const void *bias, loom_dtype act, int64_t in_dim, int64_t out_dim,
                         const loom_gemv_pre *pre, void *stream);
+
+/* loom_cuda_gemv1 with y (out_dim) in fp32 and not rounded to act: a
+ * tensor-parallel rank's partial product (bias, when given, added in fp32),
+ * to be summed across ranks and then rounded (ADD_RMSNORM's delta_f32). */
+int loom_cuda_gemv1_partial(float *y, const void *x, const void *w, const void *bias, loom_dtype act, int64_t in_dim,
+                            int64_t out_dim, const loom_gemv_pre *pre, void *stream);
 
 /* The token's RoPE and KV append, done in the QKV GEMV's epilogue. */
 typedef struct {

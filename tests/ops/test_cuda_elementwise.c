@@ -123,6 +123,26 @@ static void check_add_rmsnorm(loom_dtype act, loom_dtype wdt, int64_t n, int64_t
             loom_dtype_name(act), loom_dtype_name(wdt), (long long)n, (long long)dim,
             with_delta ? "" : " no-delta", off ? " misaligned" : "", err, tol,
             res_exact ? "bit-exact" : "WRONG");
+    if (with_delta && act != LOOM_F32) { /* loom_cuda_add_rmsnorm_f32: fp32 deltas that round to the act ones, bitwise the same */
+        float *hd32 = xmalloc(sizeof(float) * n * dim);
+        for (int64_t i = 0; i < n * dim; i++) hd32[i] = load(hd, act, i) * (1.0f + 1.0f / 16384.0f); /* under half an ulp */
+        void *b32, *by2;
+        void *d32 = dalloc(&b32, sizeof(float) * n * dim, 4, off), *dy2 = dalloc(&by2, bytes, ae, off);
+        void *hy2 = xmalloc(bytes);
+        CUDA_CHECK(cudaMemcpy(d32, hd32, sizeof(float) * n * dim, cudaMemcpyHostToDevice));
+        CUDA_CHECK(cudaMemcpy(dr, hr, bytes, cudaMemcpyHostToDevice));
+        poison(dy2, bytes);
+        OP_CHECK(loom_cuda_add_rmsnorm_f32(dr, d32, dy2, act, dw, wdt, n, dim, eps, NULL));
+        CUDA_CHECK(cudaDeviceSynchronize());
+        CUDA_CHECK(cudaMemcpy(hy2, dy2, bytes, cudaMemcpyDeviceToHost));
+        CUDA_CHECK(cudaMemcpy(hr2, dr, bytes, cudaMemcpyDeviceToHost));
+        const int y_same = memcmp(hy2, hy, bytes) == 0, r_same = memcmp(hr2, hsum, bytes) == 0;
+        verdict(y_same && r_same, "add_rmsnorm_f32 act=%s w=%s rows=%lld dim=%lld%s: out %s, residual %s", loom_dtype_name(act),
+                loom_dtype_name(wdt), (long long)n, (long long)dim, off ? " misaligned" : "", y_same ? "bitwise the act delta's" : "DIFFERS",
+                r_same ? "bit-exact" : "WRONG");
+        cudaFree(b32); cudaFree(by2);
+        free(hd32); free(hy2);
+    }
     cudaFree(br); cudaFree(bd); cudaFree(bw); cudaFree(by);
     free(hr); free(hd); free(hw); free(hsum); free(hy); free(hr2); free(sumf); free(ref);
 }

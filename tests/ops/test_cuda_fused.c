@@ -4,8 +4,11 @@
  *    and without delta / x_out, SiLU*mul) on awkward shapes, with and without
  *    bias; relative L2 <= 2e-3 (fp16), 1e-2 (bf16); x_out bit-exact; outputs
  *    NaN-poisoned first; loom_cuda_gemv1_ok on the edges of its contract;
- *    loom_cuda_gemv1_f32 bitwise the same values cast to fp32; x given as a
- *    row of a table (pre->row, the embedding gather) bitwise the same y.
+ *    loom_cuda_gemv1_f32 bitwise the same values cast to fp32;
+ *    loom_cuda_gemv1_partial (fp32, not rounded) the same values once rounded;
+ *    an fp32 delta (delta_f32) bitwise the same y and x_out as the act delta
+ *    it rounds to; x given as a row of a table (pre->row, the embedding
+ *    gather) bitwise the same y.
  *  - loom_cuda_rope_kv_append: q rotated in place, rotated k and exact v in a
  *    NaN-poisoned paged pool at shuffled slots (one token skipped with -1),
  *    the rest of the qkv rows and of the pool untouched.
@@ -222,6 +225,43 @@ static void check_gemv1(const gemv_weights *g, const gemv1_variant *v)
     for (int64_t i = 0; i < out; i++) f32_diff += !(hy32[i] == from_act(hy[i], act));
     verdict(rc32 == 0 && f32_diff == 0, "gemv1_f32 %s %s in=%lld out=%lld: %lld of %lld differ from gemv1's output cast",
             loom_dtype_name(act), kind_name(v), (long long)in, (long long)out, (long long)f32_diff, (long long)out);
+    /* the TP partial entry: fp32 not rounded, so each value rounded to act
+     * is gemv1's (every one written) */
+    poison(dy32, 4 * (size_t)out);
+    const int rcp = loom_cuda_gemv1_partial(dy32, dx, g->dw, v->bias ? g->db : NULL, act, in, out, v->null_pre ? NULL : &pre, NULL);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    download(hy32, dy32, 4 * (size_t)out);
+    int64_t p_diff = 0, p_unrounded = 0;
+    for (int64_t i = 0; i < out; i++) {
+        p_diff += !(round_act(hy32[i], act) == from_act(hy[i], act));
+        p_unrounded += hy32[i] != round_act(hy32[i], act);
+    }
+    verdict(rcp == 0 && p_diff == 0 && p_unrounded > 0, "gemv1_partial %s %s in=%lld out=%lld: %lld of %lld differ from gemv1's once rounded, %lld not act values",
+            loom_dtype_name(act), kind_name(v), (long long)in, (long long)out, (long long)p_diff, (long long)out, (long long)p_unrounded);
+    if (add && v->delta) { /* delta in fp32 (delta_f32): values that round to the act delta give bitwise the same y and x_out */
+        float *hd32 = xmalloc(4 * (size_t)in);
+        for (int64_t i = 0; i < in; i++) hd32[i] = fd[i] * (1.0f + 1.0f / 16384.0f); /* under half an ulp of fp16 and bf16 */
+        float *dd32 = dmalloc(4 * (size_t)in);
+        void *dy2 = dmalloc(2 * (size_t)out), *dxo2 = dmalloc(2 * (size_t)in);
+        uint16_t *hy2 = xmalloc(2 * (size_t)out), *hxo2 = xmalloc(2 * (size_t)in);
+        upload(dd32, hd32, 4 * (size_t)in);
+        poison(dy2, 2 * (size_t)out);
+        poison(dxo2, 2 * (size_t)in);
+        loom_gemv_pre p32 = pre;
+        p32.delta = dd32;
+        p32.delta_f32 = 1;
+        p32.x_out = v->x_out ? dxo2 : NULL;
+        const int rcd = loom_cuda_gemv1(dy2, dx, g->dw, v->bias ? g->db : NULL, act, in, out, &p32, NULL);
+        CUDA_CHECK(cudaDeviceSynchronize());
+        download(hy2, dy2, 2 * (size_t)out);
+        download(hxo2, dxo2, 2 * (size_t)in);
+        const int y_same = memcmp(hy2, hy, 2 * (size_t)out) == 0, xo_same = !v->x_out || memcmp(hxo2, hr, 2 * (size_t)in) == 0;
+        verdict(rcd == 0 && y_same && xo_same, "gemv1 %s %s in=%lld out=%lld, delta in fp32: %s%s", loom_dtype_name(act), kind_name(v),
+                (long long)in, (long long)out, rcd ? "CALL FAILED" : y_same ? "y bitwise the act delta's" : "y DIFFERS from the act delta's",
+                xo_same ? "" : ", x_out NOT round(x + round(delta))");
+        cudaFree(dd32); cudaFree(dy2); cudaFree(dxo2);
+        free(hd32); free(hy2); free(hxo2);
+    }
     cudaFree(dy32);
     free(hy32);
     if (!silu) { /* x as row 2 of a 3-row table (the embedding gather): bitwise the same y */

@@ -109,6 +109,9 @@ static int check(loom_cuda_gemm *g, loom_dtype dt, const wmat *m, int64_t n, int
     CUDA_CHECK(cudaMalloc((void **)&bx, 2 * (n * in_dim + off)));
     CUDA_CHECK(cudaMalloc((void **)&by, 2 * (n * out_dim + off)));
     void *dx = bx + 2 * off, *dy = by + 2 * off;
+    unsigned char *by32;
+    CUDA_CHECK(cudaMalloc((void **)&by32, 4 * (n * out_dim + off)));
+    float *dy32 = (float *)(by32 + 4 * off), *hy32 = xmalloc(4 * n * out_dim);
     CUDA_CHECK(cudaMemcpy(dx, hx, 2 * n * in_dim, cudaMemcpyHostToDevice));
     int unsupported = 0;
     for (int b = 0; b < 2; b++) {
@@ -133,8 +136,28 @@ static int check(loom_cuda_gemm *g, loom_dtype dt, const wmat *m, int64_t n, int
         printf("%s gemm %s n=%lld in=%lld out=%lld%s%s rel_l2 %.3e (tol %.0e)\n", ok ? "ok  " : "FAIL",
                loom_dtype_name(dt), (long long)n, (long long)in_dim, (long long)out_dim,
                b ? " bias" : "", off ? " misaligned" : "", err, tol);
+        /* loom_cuda_gemm_run_f32 (a TP partial): fp32 out, not rounded, so close to the fp32 reference */
+        CUDA_CHECK(cudaMemset(by32, 0xff, 4 * (n * out_dim + off))); /* NaN */
+        rc = loom_cuda_gemm_run_f32(g, dy32, dx, m->d, b ? m->db : NULL, dt, n, in_dim, out_dim, NULL);
+        CUDA_CHECK(cudaDeviceSynchronize());
+        CUDA_CHECK(cudaMemcpy(hy32, dy32, 4 * n * out_dim, cudaMemcpyDeviceToHost));
+        double num = 0, den = 0;
+        for (int64_t i = 0; i < n; i++)
+            for (int64_t j = 0; j < out_dim; j++) {
+                const double r = (double)ref[i * out_dim + j] + (b ? m->bf[j] : 0.0f), d = (double)hy32[i * out_dim + j] - r;
+                num += d * d;
+                den += r * r;
+            }
+        const double err32 = sqrt(num / den), tol32 = 2e-5;
+        ok = rc == 0 && err32 <= tol32; /* (NaN fails) */
+        failures += !ok;
+        printf("%s gemm_f32 %s n=%lld in=%lld out=%lld%s%s rel_l2 %.3e (tol %.0e)%s\n", ok ? "ok  " : "FAIL", loom_dtype_name(dt),
+               (long long)n, (long long)in_dim, (long long)out_dim, b ? " bias" : "", off ? " misaligned" : "", err32, tol32,
+               rc ? " CALL FAILED" : "");
+        if (rc) printf("     loom_cuda_gemm_run_f32: %d (%s)\n", rc, rc_str(rc));
     }
-    cudaFree(bx); cudaFree(by);
+    cudaFree(bx); cudaFree(by); cudaFree(by32);
+    free(hy32);
     free(hx); free(hy); free(xf); free(ref);
     return unsupported ? -1 : 0;
 }

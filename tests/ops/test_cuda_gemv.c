@@ -52,6 +52,28 @@ static int check(loom_dtype dt, int64_t n, int64_t in, int64_t out, int bias)
     int ok = rc == 0 && rel <= tol;
     printf("%s gemv %s n=%lld in=%lld out=%lld bias=%d: rel L2 %.2e\n", ok ? "ok  " : "FAIL", loom_dtype_name(dt), (long long)n, (long long)in,
            (long long)out, bias, rel);
+    /* loom_cuda_gemv_f32 (a TP partial): fp32, not rounded; each value rounded is gemv's */
+    float *dy32, *hy32 = malloc(ny * 4);
+    cudaMalloc((void **)&dy32, ny * 4);
+    cudaMemset(dy32, 0xff, ny * 4); /* NaN */
+    int rc32 = loom_cuda_gemv_f32(dy32, dx, dw, bias ? db : NULL, dt, n, in, out, NULL);
+    cudaDeviceSynchronize();
+    cudaMemcpy(hy32, dy32, ny * 4, cudaMemcpyDeviceToHost);
+    size_t diff = 0;
+    num = den = 0;
+    for (size_t i = 0; i < ny; i++) {
+        diff += from16(to16(hy32[i], dt), dt) != from16(hy[i], dt);
+        const double d = (double)hy32[i] - ref[i];
+        num += d * d;
+        den += (double)ref[i] * ref[i];
+    }
+    const double rel32 = sqrt(num / den);
+    const int ok32 = rc32 == 0 && diff == 0 && rel32 <= 2e-5;
+    printf("%s gemv_f32 %s n=%lld in=%lld out=%lld bias=%d: rel L2 %.2e, %zu of %zu differ from gemv's once rounded\n", ok32 ? "ok  " : "FAIL",
+           loom_dtype_name(dt), (long long)n, (long long)in, (long long)out, bias, rel32, diff, ny);
+    ok = ok && ok32;
+    cudaFree(dy32);
+    free(hy32);
     cudaFree(dw), cudaFree(dx), cudaFree(db), cudaFree(dy);
     free(hw), free(hx), free(hb), free(hy), free(fx), free(fw), free(fb), free(ref);
     return !ok;
