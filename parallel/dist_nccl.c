@@ -5,9 +5,17 @@
 #include <nccl.h>
 #include <stdlib.h>
 
+#include "../util/gpu_env.h"
+#include "custom_ar.h"
+
+/* The one-shot all-reduce (custom_ar.h) takes sums of up to this many bytes
+ * times (TP ranks - 1), the bytes each rank reads from its peers. */
+#define AR_ONESHOT_BYTES ((size_t)1 << 20)
+
 struct loom_nccl {
     ncclComm_t tp, pp;
     int tp_size, pp_rank, pp_size;
+    loom_custom_ar *ar; /* NULL: NCCL for every sum */
     loom_gpu_dist hooks;
 };
 
@@ -19,6 +27,9 @@ static ncclDataType_t nccl_type(loom_dtype dt)
 static int hook_allreduce(void *ctx, void *buf, int64_t n, loom_dtype dt, void *stream)
 {
     loom_nccl *c = ctx;
+    const size_t bytes = (size_t)n * loom_dtype_size(dt);
+    if (c->ar && bytes * (size_t)(c->tp_size - 1) <= AR_ONESHOT_BYTES && !((uintptr_t)buf & 15))
+        return loom_cuda_ar_run(loom_custom_ar_view(c->ar), buf, n, dt, stream);
     return (int)ncclAllReduce(buf, buf, (size_t)n, nccl_type(dt), ncclSum, c->tp, (cudaStream_t)stream);
 }
 
@@ -67,6 +78,8 @@ loom_nccl *loom_nccl_create(MPI_Comm tp_comm, MPI_Comm pp_comm, loom_err *err)
         loom_nccl_destroy(n);
         return NULL;
     }
+    /* the same switch value on every rank (mpirun passes the environment) */
+    if (n->tp_size > 1 && loom_gpu_env_int("LOOM_CUSTOM_ALLREDUCE")) n->ar = loom_custom_ar_create(tp_comm, AR_ONESHOT_BYTES);
     n->hooks = (loom_gpu_dist){.ctx = n, .allreduce = hook_allreduce, .allgather = hook_allgather, .send_next = hook_send, .recv_prev = hook_recv};
     return n;
 }
@@ -74,6 +87,7 @@ loom_nccl *loom_nccl_create(MPI_Comm tp_comm, MPI_Comm pp_comm, loom_err *err)
 void loom_nccl_destroy(loom_nccl *n)
 {
     if (!n) return;
+    loom_custom_ar_destroy(n->ar);
     if (n->tp) ncclCommDestroy(n->tp);
     if (n->pp) ncclCommDestroy(n->pp);
     free(n);

@@ -23,6 +23,7 @@ static const loom_gpu_switch switches[] = {
     {"LOOM_GEMM_TUNE", 0, 1, 0},               /* time cuBLASLt's candidates for small-row shapes */
     {"LOOM_GPU_PROFILE", 0, 1, 0},             /* per-op CUDA-event profile at exit */
     {"LOOM_TP_REDUCE_F32", 0, 1, 1},           /* TP sums fp32 partial products (0: partials rounded to act first) */
+    {"LOOM_CUSTOM_ALLREDUCE", 0, 1, 1},        /* one-shot peer-to-peer all-reduce for small TP sums (else NCCL) */
 };
 
 const loom_gpu_switch *loom_gpu_switches(size_t *n)
