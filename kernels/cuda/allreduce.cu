@@ -23,6 +23,13 @@ __device__ __forceinline__ uint32_t load_acquire_sys(const uint32_t *p)
     return v;
 }
 
+__device__ __forceinline__ uint64_t globaltimer()
+{
+    uint64_t t;
+    asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t));
+    return t;
+}
+
 /* 16 bytes <-> V floats of T. */
 template <typename T> struct Vec {
     static constexpr int V = 16 / sizeof(T);
@@ -72,8 +79,9 @@ template <typename T> __global__ void __launch_bounds__(kThreads) ar_kernel(cons
         __threadfence_system();
         store_release_sys(ar.flags[t] + ar.rank * LOOM_AR_MAX_BLOCKS + b, epoch);
         const uint32_t *mine_f = ar.flags[ar.rank] + t * LOOM_AR_MAX_BLOCKS + b;
-        while ((int32_t)(load_acquire_sys(mine_f) - epoch) < 0) {
-        }
+        const uint64_t t0 = globaltimer(), limit = ar.timeout_ns ? ar.timeout_ns : LOOM_AR_TIMEOUT_NS;
+        for (uint32_t spin = 1; (int32_t)(load_acquire_sys(mine_f) - epoch) < 0; spin++)
+            if (!(spin & 1023) && globaltimer() - t0 > limit) __trap(); /* a peer that never comes: fail, do not hang */
     }
     __syncthreads();
     pdl_trigger(); /* the next kernel may be scheduled (it waits for this one's end) */

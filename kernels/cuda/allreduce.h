@@ -36,13 +36,19 @@ typedef struct {
     uint32_t *flags[LOOM_AR_MAX_RANKS];
     uint32_t *counters;
     size_t stage_bytes; /* each staging buffer's size */
+    uint64_t timeout_ns;  /* a block waiting this long for a peer traps (the call fails, the CUDA context is lost)
+                           * instead of hanging; 0: LOOM_AR_TIMEOUT_NS */
     int rank, world;
 } loom_cuda_ar;
+
+#define LOOM_AR_TIMEOUT_NS 60000000000ull /* 60 s: a peer that never comes (a dead rank) */
 
 /* buf (n elements of dt: fp32, fp16 or bf16; 16-byte aligned) = the sum of
  * every rank's buf, in fp32 in rank order (rounded once to dt). Needs
  * n * size(dt) <= stage_bytes. Returns 0 or a cudaError_t
- * (cudaErrorInvalidValue for bad arguments, nothing launched). */
+ * (cudaErrorInvalidValue for bad arguments, nothing launched). If a peer
+ * does not arrive within the timeout the kernel traps: the stream's next
+ * synchronization returns an error (and the context is unusable). */
 int loom_cuda_ar_run(const loom_cuda_ar *ar, void *buf, int64_t n, loom_dtype dt, void *stream);
 
 #ifdef __cplusplus

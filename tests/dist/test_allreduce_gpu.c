@@ -8,9 +8,13 @@
  *  - the same calls captured in a CUDA graph and replayed with fresh inputs;
  *  - loom_nccl's all-reduce hook: small sums (one-shot) bitwise, a sum above
  *    the one-shot size (NCCL) within fp32 rounding, a misaligned buffer (NCCL).
+ * With --peer-missing: rank 0 calls with a 1 s timeout and the others never
+ * do; rank 0's stream must then fail (the kernel traps) within 20 s instead of
+ * hanging.
  * Exits 77 when there are fewer GPUs than ranks, or when the GPUs cannot map
  * each other's memory (then there is nothing to test).
- * Usage: mpirun -n N test_allreduce_gpu */
+ * Usage: mpirun -n N test_allreduce_gpu [--peer-missing] */
+#include <time.h>
 #include <cuda_runtime_api.h>
 #include <math.h>
 #include <mpi.h>
@@ -131,6 +135,26 @@ int main(int argc, char **argv)
     const loom_cuda_ar *ar = loom_custom_ar_view(car);
     void *dbuf;
     CK(cudaMalloc(&dbuf, STAGE_BYTES + 64));
+    if (argc > 1 && !strcmp(argv[1], "--peer-missing")) {
+        /* no cleanup afterwards: rank 0's context is gone, and the peers' mappings point into it */
+        int ok = 1;
+        if (rank_ == 0) {
+            loom_cuda_ar short_wait = *ar;
+            short_wait.timeout_ns = 1000000000ull;
+            struct timespec t0, t1;
+            clock_gettime(CLOCK_MONOTONIC, &t0);
+            const int rc = loom_cuda_ar_run(&short_wait, dbuf, 4096, LOOM_F32, NULL);
+            const cudaError_t e = cudaDeviceSynchronize();
+            clock_gettime(CLOCK_MONOTONIC, &t1);
+            const double s = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+            ok = rc == 0 && e != cudaSuccess && s < 20.0;
+            printf("%s a call no peer joins: launched (rc %d), then the stream failed after %.1f s (%s)\n", ok ? "ok  " : "FAIL", rc, s,
+                   cudaGetErrorString(e));
+        }
+        MPI_Bcast(&ok, 1, MPI_INT, 0, MPI_COMM_WORLD);
+        MPI_Finalize();
+        return ok ? 0 : 1;
+    }
 
     /* 1. lengths and dtypes */
     const loom_dtype dts[] = {LOOM_F32, LOOM_F16, LOOM_BF16};
