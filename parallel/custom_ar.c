@@ -39,10 +39,11 @@ loom_custom_ar *loom_custom_ar_create(MPI_Comm tp_comm, size_t stage_bytes)
     loom_custom_ar *a = calloc(1, sizeof *a);
     ar_card mine;
     memset(&mine, 0, sizeof mine);
+    /* the flags, then this rank's per-block counters, in one zeroed allocation */
     const size_t flag_bytes = (size_t)LOOM_AR_MAX_RANKS * LOOM_AR_MAX_BLOCKS * sizeof(uint32_t);
+    const size_t sync_bytes = flag_bytes + LOOM_AR_MAX_BLOCKS * sizeof(uint32_t);
     mine.ok = a && cudaGetDevice(&mine.device) == cudaSuccess && cudaMalloc(&a->own_stage, 2 * stage_bytes) == cudaSuccess &&
-              cudaMalloc(&a->own_flags, flag_bytes + LOOM_AR_MAX_BLOCKS * sizeof(uint32_t)) == cudaSuccess &&
-              cudaMemset(a->own_flags, 0, flag_bytes + LOOM_AR_MAX_BLOCKS * sizeof(uint32_t)) == cudaSuccess &&
+              cudaMalloc(&a->own_flags, sync_bytes) == cudaSuccess && cudaMemset(a->own_flags, 0, sync_bytes) == cudaSuccess &&
               cudaDeviceSynchronize() == cudaSuccess && cudaIpcGetMemHandle(&mine.stage, a->own_stage) == cudaSuccess &&
               cudaIpcGetMemHandle(&mine.flags, a->own_flags) == cudaSuccess;
     ar_card *cards = calloc((size_t)world, sizeof *cards);
@@ -50,7 +51,6 @@ loom_custom_ar *loom_custom_ar_create(MPI_Comm tp_comm, size_t stage_bytes)
     if (!cards) mine.ok = 0;
     if (!all_true(tp_comm, mine.ok)) goto fail;
     MPI_Allgather(&mine, sizeof mine, MPI_BYTE, cards, sizeof mine, MPI_BYTE, tp_comm);
-    ok = 1;
     for (int r = 0; r < world && ok; r++) {
         if (r == rank) continue;
         int can = 0;

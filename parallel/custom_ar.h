@@ -14,7 +14,8 @@
 typedef struct loom_custom_ar loom_custom_ar;
 
 /* Collective over tp_comm (every rank calls it; the CUDA device set first).
- * Returns the set-up, or NULL (err untouched) when the group cannot use it:
+ * Returns the set-up, or NULL when the group cannot use it (not an error:
+ * NCCL then does every sum):
  * one rank, more than LOOM_AR_MAX_RANKS, ranks on different nodes, GPUs
  * without peer access, or a CUDA call failing on any rank (the decision is
  * the same on every rank). stage_bytes: each staging buffer's size. */

@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "act_convert.cuh"
 #include "ops_cuda.h"
@@ -165,7 +166,10 @@ __device__ __forceinline__ void add_residual(TA *res, const TD *del, int64_t j, 
         float d[V];
         loadv<V>(del + j, d);
 #pragma unroll
-        for (int i = 0; i < V; i++) f[i] = round_to<TA>(f[i] + round_to<TA>(d[i]));
+        for (int i = 0; i < V; i++) {
+            if constexpr (!std::is_same<TD, TA>::value) d[i] = round_to<TA>(d[i]); /* an fp32 TP sum: as one GPU stores it */
+            f[i] = round_to<TA>(f[i] + d[i]);
+        }
         storev<V>(res + j, f);
     }
 }

@@ -108,22 +108,28 @@ extern "C" int loom_cuda_gemv_ok(loom_dtype act, int64_t n, int64_t in_dim, cons
            ((uintptr_t)x & 15) == 0 && ((uintptr_t)w & 15) == 0;
 }
 
-extern "C" int loom_cuda_gemv(void *y, const void *x, const void *w, const void *bias, loom_dtype act, int64_t n, int64_t in_dim,
-                              int64_t out_dim, void *stream)
+/* loom_cuda_gemv and _f32: y in act (Yh, Yb the fp16 and bf16 cases' y
+ * types), or in fp32 not rounded (both float). */
+template <typename Yh, typename Yb>
+static int gemv_entry(void *y, const void *x, const void *w, const void *bias, loom_dtype act, int64_t n, int64_t in_dim, int64_t out_dim,
+                      void *stream)
 {
     if (!loom_cuda_gemv_ok(act, n, in_dim, x, w) || !y || out_dim < 1 || out_dim > (1 << 30)) return (int)cudaErrorInvalidValue;
     cudaStream_t st = (cudaStream_t)stream;
-    if (act == LOOM_F16) return launch<__half, __half2, __half>(y, x, w, bias, (int)n, (int)in_dim, (int)out_dim, st);
-    return launch<__nv_bfloat16, __nv_bfloat162, __nv_bfloat16>(y, x, w, bias, (int)n, (int)in_dim, (int)out_dim, st);
+    if (act == LOOM_F16) return launch<__half, __half2, Yh>(y, x, w, bias, (int)n, (int)in_dim, (int)out_dim, st);
+    return launch<__nv_bfloat16, __nv_bfloat162, Yb>(y, x, w, bias, (int)n, (int)in_dim, (int)out_dim, st);
+}
+
+extern "C" int loom_cuda_gemv(void *y, const void *x, const void *w, const void *bias, loom_dtype act, int64_t n, int64_t in_dim,
+                              int64_t out_dim, void *stream)
+{
+    return gemv_entry<__half, __nv_bfloat16>(y, x, w, bias, act, n, in_dim, out_dim, stream);
 }
 
 extern "C" int loom_cuda_gemv_f32(float *y, const void *x, const void *w, const void *bias, loom_dtype act, int64_t n, int64_t in_dim,
                                   int64_t out_dim, void *stream)
 {
-    if (!loom_cuda_gemv_ok(act, n, in_dim, x, w) || !y || out_dim < 1 || out_dim > (1 << 30)) return (int)cudaErrorInvalidValue;
-    cudaStream_t st = (cudaStream_t)stream;
-    if (act == LOOM_F16) return launch<__half, __half2, float>(y, x, w, bias, (int)n, (int)in_dim, (int)out_dim, st);
-    return launch<__nv_bfloat16, __nv_bfloat162, float>(y, x, w, bias, (int)n, (int)in_dim, (int)out_dim, st);
+    return gemv_entry<float, float>(y, x, w, bias, act, n, in_dim, out_dim, stream);
 }
 
 template <typename S, typename P, int MODE, int EPI>

@@ -14,13 +14,13 @@
  * Exits 77 when there are fewer GPUs than ranks, or when the GPUs cannot map
  * each other's memory (then there is nothing to test).
  * Usage: mpirun -n N test_allreduce_gpu [--peer-missing] */
-#include <time.h>
 #include <cuda_runtime_api.h>
 #include <math.h>
 #include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "kernels/cuda/allreduce.h"
 #include "parallel/custom_ar.h"
@@ -78,11 +78,17 @@ static void make_case(loom_dtype dt, int64_t n, void **in, void **want)
     free(all);
 }
 
-/* Checks got against want bitwise on every rank; prints one line on rank 0. */
-static void verdict(const char *what, loom_dtype dt, int64_t n, const void *got, const void *want)
+/* Elements of got (n of dt) not bitwise want. */
+static int64_t count_diff(loom_dtype dt, int64_t n, const void *got, const void *want)
 {
     int64_t bad = 0;
     for (int64_t i = 0; i < n; i++) bad += memcmp((const char *)got + (size_t)i * es(dt), (const char *)want + (size_t)i * es(dt), es(dt)) != 0;
+    return bad;
+}
+
+/* Sums this rank's bad elements over the ranks; prints one line on rank 0. */
+static void verdict(const char *what, loom_dtype dt, int64_t n, int64_t bad)
+{
     int64_t all_bad = 0;
     MPI_Allreduce(&bad, &all_bad, 1, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
     failures += all_bad != 0;
@@ -91,7 +97,8 @@ static void verdict(const char *what, loom_dtype dt, int64_t n, const void *got,
                loom_dtype_name(dt), (long long)n, (long long)all_bad, (long long)n * world_);
 }
 
-static void one_call(const loom_cuda_ar *ar, void *dbuf, loom_dtype dt, int64_t n, const char *what)
+/* One call on fresh random inputs; returns this rank's wrong elements. */
+static int64_t run_case(const loom_cuda_ar *ar, void *dbuf, loom_dtype dt, int64_t n)
 {
     void *in, *want, *got = malloc((size_t)n * es(dt));
     make_case(dt, n, &in, &want);
@@ -102,8 +109,9 @@ static void one_call(const loom_cuda_ar *ar, void *dbuf, loom_dtype dt, int64_t 
         MPI_Abort(MPI_COMM_WORLD, 1);
     }
     CK(cudaMemcpy(got, dbuf, (size_t)n * es(dt), cudaMemcpyDeviceToHost));
-    verdict(what, dt, n, got, want);
+    const int64_t bad = count_diff(dt, n, got, want);
     free(in), free(want), free(got);
+    return bad;
 }
 
 int main(int argc, char **argv)
@@ -161,7 +169,7 @@ int main(int argc, char **argv)
     for (int d = 0; d < 3; d++) {
         const int64_t cap = (int64_t)(STAGE_BYTES / es(dts[d]));
         const int64_t ns[] = {1, 2, 3, 7, 8, 9, 17, 4096, 4097, 11008 + 5, 512 * 8 * 36 + 3, cap - 1, cap};
-        for (size_t k = 0; k < sizeof ns / sizeof ns[0]; k++) one_call(ar, dbuf, dts[d], ns[k], "one-shot");
+        for (size_t k = 0; k < sizeof ns / sizeof ns[0]; k++) verdict("one-shot", dts[d], ns[k], run_case(ar, dbuf, dts[d], ns[k]));
     }
     /* too large: refused, nothing launched */
     {
@@ -175,16 +183,7 @@ int main(int argc, char **argv)
         int before = failures;
         for (int it = 0; it < 400; it++) {
             const loom_dtype dt = dts[it % 3];
-            const int64_t n = it % 2 ? 4096 : 37 + it;
-            void *in, *want, *got = malloc((size_t)n * es(dt));
-            make_case(dt, n, &in, &want);
-            CK(cudaMemcpy(dbuf, in, (size_t)n * es(dt), cudaMemcpyHostToDevice));
-            if (loom_cuda_ar_run(ar, dbuf, n, dt, NULL)) MPI_Abort(MPI_COMM_WORLD, 1);
-            CK(cudaMemcpy(got, dbuf, (size_t)n * es(dt), cudaMemcpyDeviceToHost));
-            int64_t bad = 0;
-            for (int64_t i = 0; i < n; i++) bad += memcmp((char *)got + i * es(dt), (char *)want + i * es(dt), es(dt)) != 0;
-            failures += bad != 0;
-            free(in), free(want), free(got);
+            failures += run_case(ar, dbuf, dt, it % 2 ? 4096 : 37 + it) != 0;
         }
         int mine = failures - before, all = 0;
         MPI_Allreduce(&mine, &all, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
@@ -258,7 +257,7 @@ int main(int argc, char **argv)
             CK(cudaDeviceSynchronize());
             CK(cudaMemcpy(got, p, (size_t)n * 4, cudaMemcpyDeviceToHost));
             if (k == 0) {
-                verdict(cs[k].what, LOOM_F32, n, got, want);
+                verdict(cs[k].what, LOOM_F32, n, count_diff(LOOM_F32, n, got, want));
             } else { /* NCCL may add in another order: within fp32 rounding */
                 double num = 0, den = 0;
                 for (int64_t i = 0; i < n; i++) {
