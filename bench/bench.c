@@ -381,10 +381,11 @@ static json_t *json_reals(const double *v, int stride, int n, double scale)
 }
 
 /* The multi-GPU header lines (rank 0, stderr): layout, estimate, each rank. */
-static void print_ranks(const layout *L, const rank_info *ri, double params, loom_dtype act)
+static void print_ranks(const layout *L, const rank_info *ri, double params, loom_dtype act, loom_dtype kv)
 {
-    fprintf(stderr, "loom bench: tp %d x pp %d = %d GPUs (pipeline without micro-batching); weights per GPU estimate %.2f GiB (%.2fB params x 2 bytes / %d)",
-            L->tp, L->pp, L->world, params * 2 / (L->tp * L->pp) / GIB, params / 1e9, L->tp * L->pp);
+    fprintf(stderr, "loom bench: tp %d x pp %d = %d GPUs (pipeline without micro-batching); weights per GPU estimate %.2f GiB (%.2fB params x 2 bytes / %d); "
+            "KV cache %s",
+            L->tp, L->pp, L->world, params * 2 / (L->tp * L->pp) / GIB, params / 1e9, L->tp * L->pp, loom_dtype_name(kv));
     for (size_t i = 0; i < sizeof nccl_env / sizeof nccl_env[0]; i++)
         if (getenv(nccl_env[i])) fprintf(stderr, " %s=%s", nccl_env[i], getenv(nccl_env[i]));
     fprintf(stderr, "\n");
@@ -406,6 +407,9 @@ int loom_cmd_bench(int argc, char **argv)
     loom_gpu_opts go = loom_gpu_opts_default();
     loom_err err = {{0}};
     go.act = a.act;
+    go.kv = a.kv;
+    /* the KV cache's element type: the activations', or fp8 */
+    const loom_dtype kv_dt = a.kv == LOOM_F8E4M3 ? LOOM_F8E4M3 : a.act;
     if (a.max_tokens) go.max_tokens = a.max_tokens;
     if (a.kv_fraction > 0) go.kv_free_fraction = a.kv_fraction;
     go.max_kv_tokens = a.max_kv_tokens;
@@ -480,7 +484,7 @@ int loom_cmd_bench(int argc, char **argv)
     loom_gpu_mem mem = loom_gpu_model_mem(m);
     const double es = 2.0;
     const double params = (double)loom_gpu_weight_bytes(m) / es;
-    const double kv_per_token = 2.0 * (double)mc->n_layers * (double)mc->n_kv_heads * (double)mc->head_dim * es;
+    const double kv_per_token = 2.0 * (double)mc->n_layers * (double)mc->n_kv_heads * (double)mc->head_dim * (double)loom_dtype_size(kv_dt);
     const double model_p = model_params(mc);
     if (!multi) L.shard = loom_shard_single(mc);
 
@@ -512,11 +516,11 @@ int loom_cmd_bench(int argc, char **argv)
     double min_blocks = mine.kv_blocks;
     if (multi) MPI_Allreduce(&mine.kv_blocks, &min_blocks, 1, MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD);
     if (!multi)
-        fprintf(stderr, "loom bench: weights %.2f GiB, KV pool %.2f GiB (%lld tokens), workspace %.2f GiB, free %.2f GiB of %.2f\n",
-                (double)mem.weights / GIB, (double)mem.kv / GIB, (long long)mem.kv_tokens, (double)mem.workspace / GIB,
+        fprintf(stderr, "loom bench: weights %.2f GiB, KV pool %.2f GiB (%lld tokens, %s), workspace %.2f GiB, free %.2f GiB of %.2f\n",
+                (double)mem.weights / GIB, (double)mem.kv / GIB, (long long)mem.kv_tokens, loom_dtype_name(kv_dt), (double)mem.workspace / GIB,
                 (double)mem.free_after / GIB, (double)mem.total / GIB);
     else if (root)
-        print_ranks(&L, ri, model_p, go.act);
+        print_ranks(&L, ri, model_p, go.act, kv_dt);
 
     json_t *jcases = json_array();
     if (root && !multi)
@@ -684,6 +688,7 @@ int loom_cmd_bench(int argc, char **argv)
         json_t *j = json_object();
         json_object_set_new(j, "model", json_string(a.dummy ? a.dummy : a.model));
         json_object_set_new(j, "dtype", json_string(loom_dtype_name(go.act)));
+        json_object_set_new(j, "kv_cache_dtype", json_string(loom_dtype_name(kv_dt)));
         json_t *jv = json_object();
         size_t n_sw; /* loom's own switches of the GPU path (worker/gpu_env.c) */
         const loom_gpu_switch *sw = loom_gpu_switches(&n_sw);

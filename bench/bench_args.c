@@ -23,6 +23,8 @@ void loom_bench_usage(FILE *f)
             "                             first prefills PREFIX tokens untimed, then times IN more (a reused cached\n"
             "                             prefix: TTFT is that chunk's)\n"
             "  --dtype fp16|bf16          activation and weight dtype (default fp16)\n"
+            "  --kv-cache-dtype auto|fp16|bf16|fp8  KV cache elements: auto (default) = --dtype; fp8 = E4M3,\n"
+            "                             unit scale (half the KV bytes)\n"
             "  --max-num-tokens N         tokens per prefill forward (default 8192)\n"
             "  --kv-cache-free-gpu-mem-fraction F  of the memory free after weights (default 0.9)\n"
             "  --max-tokens-in-paged-kv-cache N    cap the KV pool\n"
@@ -76,12 +78,13 @@ static loom_status parse_list(const char *s, const char *what, int64_t *out, int
 
 int loom_bench_parse(int argc, char **argv, loom_bench_args *a)
 {
-    enum { OPT_TP = 256, OPT_PP };
+    enum { OPT_TP = 256, OPT_PP, OPT_KV_DTYPE };
     static const struct option longopts[] = {
         {"dummy-weights", required_argument, 0, 'w'}, {"model", required_argument, 0, 'm'},
         {"batch-size", required_argument, 0, 'b'},    {"input-output-len", required_argument, 0, 'l'},
         {"dtype", required_argument, 0, 'd'},         {"max-num-tokens", required_argument, 0, 't'},
         {"kv-cache-free-gpu-mem-fraction", required_argument, 0, 'f'},
+        {"kv-cache-dtype", required_argument, 0, OPT_KV_DTYPE},
         {"max-tokens-in-paged-kv-cache", required_argument, 0, 'k'},
         {"multi-block", required_argument, 0, 'x'},   {"json", required_argument, 0, 'j'},
         {"tp", required_argument, 0, OPT_TP},         {"pp", required_argument, 0, OPT_PP},
@@ -90,6 +93,7 @@ int loom_bench_parse(int argc, char **argv, loom_bench_args *a)
     const char *bs_s = "1;8;64", *io_s = "128,256;2048,256";
     memset(a, 0, sizeof *a);
     a->act = LOOM_F16;
+    a->kv = LOOM_DTYPE_COUNT;
     a->multi_block = -1;
     a->tp = a->pp = 1;
     loom_err err = {{0}};
@@ -115,6 +119,7 @@ int loom_bench_parse(int argc, char **argv, loom_bench_args *a)
             if (!bad && !(fv > 0 && fv <= 1)) bad = loom_err_set(&err, LOOM_EINVAL, "--kv-cache-free-gpu-mem-fraction must be in (0, 1]") != LOOM_OK;
             a->kv_fraction = fv;
             break;
+        case OPT_KV_DTYPE: bad = loom_parse_kv_dtype(optarg, &a->kv, &err) != LOOM_OK; break;
         case 'k': bad = loom_parse_i64(optarg, 1, INT32_MAX, "--max-tokens-in-paged-kv-cache", &a->max_kv_tokens, &err) != LOOM_OK; break;
         case 'x':
             a->multi_block = !strcmp(optarg, "on") ? 1 : !strcmp(optarg, "off") ? 0 : !strcmp(optarg, "auto") ? -1 : -2;
@@ -134,6 +139,7 @@ int loom_bench_parse(int argc, char **argv, loom_bench_args *a)
         default: bad = loom_err_set(&err, LOOM_EINVAL, "unknown option %s", argv[optind - 1]) != LOOM_OK; break;
         }
     }
+    if (!bad) bad = loom_kv_dtype_check(&a->kv, a->act, "--dtype", NULL, &err) != LOOM_OK;
     if (!bad && !a->dummy == !a->model) bad = loom_err_set(&err, LOOM_EINVAL, "give exactly one of --dummy-weights or --model") != LOOM_OK;
     if (!bad && (int64_t)a->tp * a->pp > 4096) bad = loom_err_set(&err, LOOM_EINVAL, "--tp %d --pp %d: at most 4096 ranks", a->tp, a->pp) != LOOM_OK;
     if (!bad) bad = parse_list(bs_s, "--batch-size", a->batch, NULL, &a->n_batch, 1, &err) != LOOM_OK;

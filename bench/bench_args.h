@@ -20,6 +20,7 @@ typedef struct loom_bench_args {
     int64_t prefix[LOOM_BENCH_MAX_CASES];  /* per pair: tokens already cached (PREFIX+IN,OUT), else 0 */
     int n_batch, n_io;
     loom_dtype act;                 /* --dtype: LOOM_F16 (default) or LOOM_BF16 */
+    loom_dtype kv;                  /* --kv-cache-dtype: LOOM_DTYPE_COUNT (auto, or equal to --dtype) or LOOM_F8E4M3 */
     int64_t max_tokens;             /* --max-num-tokens; 0 = the GPU model's default */
     double kv_fraction;             /* --kv-cache-free-gpu-mem-fraction; 0 = default */
     int64_t max_kv_tokens;          /* --max-tokens-in-paged-kv-cache; 0 = no cap */

@@ -22,6 +22,7 @@ typedef struct run_opts {
     loom_gen_flags g;      /* prompt, length, sampling, stops */
     int64_t max_seq_len;   /* 0 = max_position_embeddings */
     int64_t prefill_chunk;
+    loom_dtype kv_dtype;   /* --kv-cache-dtype after loom_kv_dtype_check: LOOM_DTYPE_COUNT (as the activations) or LOOM_F8E4M3 */
     bool json, verbose, ignore_eos, cuda;
 } run_opts;
 
@@ -47,10 +48,12 @@ static void run_usage(FILE *f)
             "  --prefill-chunk N        tokens per prefill forward (default 256)\n"
             "  --json                   print one line {\"prompt_ids\":[...],\"output_ids\":[...],\"text\":\"...\"}\n"
             "  --device cpu|cuda        where to compute (default cpu, fp32; cuda: one GPU, fp16)\n"
+            "  --kv-cache-dtype auto|fp16|bf16|fp8  KV cache elements: auto (default) = the activations;\n"
+            "                           fp8 = E4M3, unit scale (on the cpu K/V are only rounded to fp8 values)\n"
             "  --verbose                print memory and speed to stderr\n");
 }
 
-enum { OPT_MAX_SEQ = 256, OPT_CHUNK, OPT_JSON, OPT_VERBOSE, OPT_IGNORE_EOS, OPT_DEVICE, OPT_HELP };
+enum { OPT_MAX_SEQ = 256, OPT_CHUNK, OPT_JSON, OPT_VERBOSE, OPT_IGNORE_EOS, OPT_DEVICE, OPT_KV_DTYPE, OPT_HELP };
 
 /* Returns 0 on success, 2 on a usage error (message printed), -1 for --help. */
 static int parse_args(int argc, char **argv, run_opts *o)
@@ -63,6 +66,7 @@ static int parse_args(int argc, char **argv, run_opts *o)
         {"json", no_argument, 0, OPT_JSON},
         {"verbose", no_argument, 0, OPT_VERBOSE},
         {"device", required_argument, 0, OPT_DEVICE},
+        {"kv-cache-dtype", required_argument, 0, OPT_KV_DTYPE},
         {"ignore-eos", no_argument, 0, OPT_IGNORE_EOS},
         {"help", no_argument, 0, OPT_HELP},
         {0, 0, 0, 0},
@@ -70,6 +74,7 @@ static int parse_args(int argc, char **argv, run_opts *o)
     memset(o, 0, sizeof *o);
     loom_gen_flags_init(&o->g);
     o->prefill_chunk = 256;
+    o->kv_dtype = LOOM_DTYPE_COUNT;
     loom_err err = {{0}};
     int c;
     optind = 1;
@@ -86,6 +91,7 @@ static int parse_args(int argc, char **argv, run_opts *o)
             if (!strcmp(optarg, "cuda")) o->cuda = true;
             else if (strcmp(optarg, "cpu")) st = loom_err_set(&err, LOOM_EINVAL, "--device must be cpu or cuda (got %s)", optarg);
             break;
+        case OPT_KV_DTYPE: st = loom_parse_kv_dtype(optarg, &o->kv_dtype, &err); break;
         case OPT_IGNORE_EOS: o->ignore_eos = true; break;
         case OPT_HELP: return -1;
         case ':':
@@ -110,7 +116,9 @@ static int parse_args(int argc, char **argv, run_opts *o)
         else fprintf(stderr, "loom run: %s (see 'loom run --help')\n", problem);
         return 2;
     }
-    if (loom_gen_flags_check(&o->g, &err) != LOOM_OK) {
+    if (loom_gen_flags_check(&o->g, &err) != LOOM_OK ||
+        /* the CPU computes in fp32, one GPU in fp16 (run has no --dtype) */
+        loom_kv_dtype_check(&o->kv_dtype, o->cuda ? LOOM_F16 : LOOM_F32, NULL, o->cuda ? "--device cuda" : "the CPU backend", &err) != LOOM_OK) {
         fprintf(stderr, "loom run: %s\n", err.msg);
         return 2;
     }
@@ -186,7 +194,7 @@ int loom_cmd_run(int argc, char **argv)
     rc = 1;
 
     m = loom_model_load(o.model, loom_ops_cpu(), NULL, NULL, o.prefill_chunk, 1, &err);
-    if (!m) goto fail;
+    if (!m || loom_model_set_kv_dtype(m, o.kv_dtype, &err) != LOOM_OK) goto fail;
     char tpath[4096];
     if (loom_path_join(tpath, sizeof tpath, o.model, "tokenizer.json", &err) != LOOM_OK) goto fail;
     if (loom_file_exists(tpath)) {
@@ -229,11 +237,11 @@ int loom_cmd_run(int argc, char **argv)
     }
     if (loom_textstream_init(&sc.ts, tok, o.g.stops, o.g.n_stops, &err) != LOOM_OK) goto fail;
     if (o.verbose && !o.cuda) {
-        fprintf(stderr, "loom run: %s, %lld layers, hidden %lld, vocab %lld; weights %.2f MiB (%s), KV cache %.2f MiB (%lld positions), activations %.2f MiB\n",
+        fprintf(stderr, "loom run: %s, %lld layers, hidden %lld, vocab %lld; weights %.2f MiB (%s), KV cache %.2f MiB (%lld positions%s), activations %.2f MiB\n",
                 m->cfg.arch_name, (long long)m->cfg.n_layers, (long long)m->cfg.hidden_size, (long long)m->cfg.vocab_size,
                 (double)loom_st_data_bytes(m->st) / 1048576.0, m->cfg.dtype_name[0] ? m->cfg.dtype_name : "?",
                 (double)loom_kv_cache_bytes(kv->n_layers, kv->max_seq, kv->n_kv_heads, kv->head_dim) / 1048576.0,
-                (long long)kv->max_seq, (double)m->rs.bytes / 1048576.0);
+                (long long)kv->max_seq, m->kv_dtype == LOOM_F8E4M3 ? ", fp32 holding fp8 values" : "", (double)m->rs.bytes / 1048576.0);
     }
 
     loom_gen_params gp = {.max_new_tokens = o.g.max_new_tokens, .sampling = o.g.sampling, .stop_ids = o.g.stop_ids,
@@ -241,7 +249,7 @@ int loom_cmd_run(int argc, char **argv)
     int64_t n_out = 0;
     loom_finish fin;
     loom_gen_stats gs;
-    loom_status gst = o.cuda ? loom_run_gpu(o.model, prompt, (int64_t)n_prompt, &gp, on_token, &sc, out, &n_out, &fin, &gs, &err)
+    loom_status gst = o.cuda ? loom_run_gpu(o.model, o.kv_dtype, prompt, (int64_t)n_prompt, &gp, on_token, &sc, out, &n_out, &fin, &gs, &err)
                              : loom_generate(m, kv, prompt, (int64_t)n_prompt, &gp, on_token, &sc, out, &n_out, &fin, &gs, &err);
     if (gst != LOOM_OK) goto fail;
     if (sc.st != LOOM_OK) goto fail;

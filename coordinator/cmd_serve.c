@@ -31,6 +31,7 @@ typedef struct serve_opts {
     float kv_fraction;
     int64_t kv_tokens;
     int64_t tokens_per_block;
+    loom_dtype kv_dtype; /* --kv-cache-dtype after loom_kv_dtype_check: LOOM_DTYPE_COUNT (as the activations) or LOOM_F8E4M3 */
     int kv_reuse;
     int chunked;
     int dummy;
@@ -65,6 +66,9 @@ static void serve_usage(FILE *f)
             "  --max-tokens-in-paged-kv-cache N    the KV pool in tokens (cpu default: max-batch-size x\n"
             "                          max-seq-len; cuda: a cap on what the memory fraction gives)\n"
             "  --kv-cache-free-gpu-mem-fraction F  (cuda) KV pool share of the memory free after weights (0.9)\n"
+            "  --kv-cache-dtype auto|fp16|bf16|fp8  KV cache elements: auto (default) = the activations (fp32 on\n"
+            "                          cpu, fp16 on cuda); fp8 = E4M3, unit scale: half the bytes of fp16 (on the\n"
+            "                          cpu K/V are only rounded to fp8 values, as the GPU's oracle)\n"
             "  --enable-kv-cache-reuse reuse the KV of full blocks of tokens (prompt or generated) that\n"
             "                          earlier requests computed\n"
             "  --dummy-weights         (cuda, tp 1, pp 1) random weights of --model's config.json shapes,\n"
@@ -73,7 +77,7 @@ static void serve_usage(FILE *f)
             "Query it with: loom client --endpoint ENDPOINT --prompt TEXT --max-new-tokens N\n");
 }
 
-enum { OPT_TP = 256, OPT_PP, OPT_PP_LAYERS, OPT_LISTEN, OPT_CONTROL, OPT_BATCH, OPT_TOKENS, OPT_SEQ, OPT_VERBOSE, OPT_DEVICE, OPT_KV_FRAC, OPT_KV_TOKENS, OPT_SCHED, OPT_TPB, OPT_REUSE, OPT_CHUNKED, OPT_NO_CHUNKED, OPT_DUMMY, OPT_HELP };
+enum { OPT_TP = 256, OPT_PP, OPT_PP_LAYERS, OPT_LISTEN, OPT_CONTROL, OPT_BATCH, OPT_TOKENS, OPT_SEQ, OPT_VERBOSE, OPT_DEVICE, OPT_KV_FRAC, OPT_KV_TOKENS, OPT_SCHED, OPT_TPB, OPT_REUSE, OPT_CHUNKED, OPT_NO_CHUNKED, OPT_DUMMY, OPT_KV_DTYPE, OPT_HELP };
 
 /* Returns 0, 2 (usage error, message in err) or -1 (--help). */
 static int parse_args(int argc, char **argv, serve_opts *o, loom_err *err)
@@ -92,6 +96,7 @@ static int parse_args(int argc, char **argv, serve_opts *o, loom_err *err)
         {"device", required_argument, 0, OPT_DEVICE},
         {"scheduler", required_argument, 0, OPT_SCHED},
         {"kv-cache-free-gpu-mem-fraction", required_argument, 0, OPT_KV_FRAC},
+        {"kv-cache-dtype", required_argument, 0, OPT_KV_DTYPE},
         {"max-tokens-in-paged-kv-cache", required_argument, 0, OPT_KV_TOKENS},
         {"tokens-per-block", required_argument, 0, OPT_TPB},
         {"enable-kv-cache-reuse", no_argument, 0, OPT_REUSE},
@@ -103,6 +108,7 @@ static int parse_args(int argc, char **argv, serve_opts *o, loom_err *err)
     };
     memset(o, 0, sizeof *o);
     o->tokens_per_block = 64;
+    o->kv_dtype = LOOM_DTYPE_COUNT;
     o->chunked = 1;
     o->listen = "tcp://127.0.0.1:5555";
     o->tp = o->pp = 1;
@@ -138,6 +144,7 @@ static int parse_args(int argc, char **argv, serve_opts *o, loom_err *err)
             if (!strcmp(optarg, "static")) o->static_batching = 1;
             else if (strcmp(optarg, "inflight")) st = loom_err_set(err, LOOM_EINVAL, "--scheduler must be inflight or static (got %s)", optarg);
             break;
+        case OPT_KV_DTYPE: st = loom_parse_kv_dtype(optarg, &o->kv_dtype, err); break;
         case OPT_KV_TOKENS: st = loom_parse_i64(optarg, 1, INT32_MAX, "--max-tokens-in-paged-kv-cache", &o->kv_tokens, err); break;
         case OPT_TPB:
             st = loom_parse_i64(optarg, 8, 128, "--tokens-per-block", &o->tokens_per_block, err);
@@ -162,6 +169,9 @@ static int parse_args(int argc, char **argv, serve_opts *o, loom_err *err)
         loom_err_set(err, LOOM_EINVAL, "--model DIR is required");
         return 2;
     }
+    /* the workers compute in fp32 on the CPU, fp16 on GPUs (serve has no --dtype) */
+    if (loom_kv_dtype_check(&o->kv_dtype, o->cuda ? LOOM_F16 : LOOM_F32, NULL, o->cuda ? "--device cuda" : "the CPU backend", err) != LOOM_OK)
+        return 2;
     if (o->dummy && (!o->cuda || o->tp != 1 || o->pp != 1)) {
         loom_err_set(err, LOOM_EINVAL, "--dummy-weights needs --device cuda with --tp 1 and --pp 1");
         return 2;
@@ -278,7 +288,7 @@ static int run_worker(const serve_opts *o, MPI_Comm workers, int64_t max_seq)
     loom_worker_opts wo = {.model_dir = o->model, .tp = (int)o->tp, .pp = (int)o->pp, .pp_layers = o->pp_layers,
                            .max_batch_size = o->max_batch, .max_num_tokens = o->max_tokens, .max_seq_len = max_seq, .verbose = o->verbose,
                            .device_cuda = o->cuda, .kv_free_fraction = o->kv_fraction, .max_kv_tokens = o->kv_tokens,
-                           .tokens_per_block = o->tokens_per_block, .dummy_weights = o->dummy};
+                           .tokens_per_block = o->tokens_per_block, .kv_dtype = o->kv_dtype, .dummy_weights = o->dummy};
     loom_worker *w = loom_worker_create(workers, &wo, &err);
     int rank;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);

@@ -12,13 +12,14 @@ typedef enum loom_dtype {
     LOOM_F32 = 0,
     LOOM_F16,
     LOOM_BF16,
+    LOOM_F8E4M3, /* OCP FP8 E4M3 ("E4M3FN": no infinities, max 448): KV cache only, not weights */
     LOOM_DTYPE_COUNT
 } loom_dtype;
 
 /* Bytes per element. */
 size_t loom_dtype_size(loom_dtype dt);
 
-/* "fp32" / "fp16" / "bf16". */
+/* "fp32" / "fp16" / "bf16" / "fp8". */
 const char *loom_dtype_name(loom_dtype dt);
 
 /* Parses a safetensors dtype string ("F32", "F16", "BF16").
@@ -68,6 +69,19 @@ static inline float loom_f16_to_f32(uint16_t h)
 
 /* Round-to-nearest-even fp32 -> fp16 (overflow to inf). */
 uint16_t loom_f32_to_f16(float f);
+
+/* OCP FP8 E4M3 (the encoding of CUDA's __nv_fp8_e4m3): 1 sign, 4 exponent
+ * (bias 7), 3 mantissa bits; 0x7f/0xff are NaN, there is no infinity; the
+ * largest finite value is 448, the smallest subnormal 2^-9. */
+float loom_e4m3_to_f32(uint8_t v);
+
+/* fp32 -> E4M3, round to nearest even, saturating: finite values beyond 448
+ * (and infinities) become +-448, NaN becomes 0x7f (as CUDA's
+ * __nv_cvt_float_to_fp8(x, __NV_SATFINITE, __NV_E4M3)). */
+uint8_t loom_f32_to_e4m3(float f);
+
+/* Rounds x through E4M3 and back (the value an FP8 KV cache stores). */
+static inline float loom_round_e4m3(float x) { return loom_e4m3_to_f32(loom_f32_to_e4m3(x)); }
 
 /* Widens n elements of type dt at src (any alignment) into dst. */
 void loom_dtype_to_f32(float *dst, const void *src, loom_dtype dt, size_t n);

@@ -73,3 +73,27 @@ bad:
     free(v);
     return loom_err_set(err, LOOM_EINVAL, "%s: \"%s\" is not a comma-separated list of non-negative token ids", what, s);
 }
+
+loom_status loom_parse_kv_dtype(const char *s, loom_dtype *out, loom_err *err)
+{
+    if (!strcmp(s, "auto")) *out = LOOM_DTYPE_COUNT;
+    else if (!strcmp(s, "fp16")) *out = LOOM_F16;
+    else if (!strcmp(s, "bf16")) *out = LOOM_BF16;
+    else if (!strcmp(s, "fp8")) *out = LOOM_F8E4M3;
+    else return loom_err_set(err, LOOM_EINVAL, "--kv-cache-dtype must be auto, fp16, bf16 or fp8 (got \"%s\")", s);
+    return LOOM_OK;
+}
+
+loom_status loom_kv_dtype_check(loom_dtype *kv, loom_dtype act, const char *act_flag, const char *backend, loom_err *err)
+{
+    if (*kv == LOOM_DTYPE_COUNT || *kv == LOOM_F8E4M3) return LOOM_OK;
+    if (*kv == act) {
+        *kv = LOOM_DTYPE_COUNT;
+        return LOOM_OK;
+    }
+    const char *name = loom_dtype_name(*kv);
+    if (act_flag)
+        return loom_err_set(err, LOOM_EINVAL, "--kv-cache-dtype %s needs %s %s: the KV cache holds activations or fp8", name, act_flag, name);
+    return loom_err_set(err, LOOM_EINVAL, "--kv-cache-dtype %s needs %s activations, but %s computes in %s: the KV cache holds activations or fp8 (use auto or fp8)",
+                        name, name, backend, loom_dtype_name(act));
+}

@@ -8,6 +8,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "../util/dtype.h"
 #include "model.h"
 
 /* y = x @ W^T (+ b) for n rows. */
@@ -44,15 +45,26 @@ static loom_status check_batch(const loom_model *m, const loom_batch *b, int64_t
     return LOOM_OK;
 }
 
+/* Copies n floats into the cache, rounded through E4M3 when fp8 (what the
+ * GPU's FP8 cache stores and its attention reads back). */
+static void kv_store(float *dst, const float *src, int64_t n, bool fp8)
+{
+    if (!fp8) {
+        memcpy(dst, src, (size_t)n * sizeof(float));
+        return;
+    }
+    for (int64_t i = 0; i < n; i++) dst[i] = loom_round_e4m3(src[i]);
+}
+
 /* past_key_values.update(...) for one layer: rows kv->len .. kv->len+n-1,
  * copied in runs that stay inside a block. k, v (n, n_kv_heads, head_dim). */
-static void kv_append(const loom_kv_cache *kv, int64_t layer, const float *k, const float *v, int64_t n)
+static void kv_append(const loom_kv_cache *kv, int64_t layer, const float *k, const float *v, int64_t n, bool fp8)
 {
     const int64_t B = kv->pool->tokens_per_block, row = loom_kv_stride(kv);
     for (int64_t t = 0; t < n;) {
         const int64_t pos = kv->len + t, left = B - pos % B, run = n - t < left ? n - t : left;
-        memcpy(loom_kv_k_row(kv, layer, pos), k + t * row, (size_t)(run * row) * sizeof(float));
-        memcpy(loom_kv_v_row(kv, layer, pos), v + t * row, (size_t)(run * row) * sizeof(float));
+        kv_store(loom_kv_k_row(kv, layer, pos), k + t * row, run * row, fp8);
+        kv_store(loom_kv_v_row(kv, layer, pos), v + t * row, run * row, fp8);
         t += run;
     }
 }
@@ -135,8 +147,9 @@ loom_status loom_model_forward_batch(loom_model *m, const loom_batch *b, loom_er
             const loom_kv_cache *kv = b->kv[s];
             const loom_kv_pool *P = kv->pool;
             const int64_t t0 = b->seq_start[s], n = b->seq_start[s + 1] - t0;
-            /* past_key_values.update(key_states, value_states, layer_idx) */
-            kv_append(kv, l, rs->k + t0 * kd, rs->v + t0 * kd, n);
+            /* past_key_values.update(key_states, value_states, layer_idx); an fp8 cache
+             * rounds each element through E4M3 (unit scale) on the way in */
+            kv_append(kv, l, rs->k + t0 * kd, rs->v + t0 * kd, n, m->kv_dtype == LOOM_F8E4M3);
             /* attn_output = eager_attention_forward(...) with the causal (sliding-window) mask */
             ops->attention_paged(rs->att + t0 * qd, rs->q + t0 * qd, loom_kv_pool_k(P, l), loom_kv_pool_v(P, l),
                                  rs->pos + t0, n, kv->len + n, kv->table, P->tokens_per_block,

@@ -68,6 +68,8 @@ struct loom_gpu_model {
     loom_config cfg;
     loom_gpu_opts o;
     size_t es;                   /* bytes per activation element */
+    loom_dtype kv;               /* KV pool element: o.act or LOOM_F8E4M3 */
+    size_t kv_es;                /* its bytes */
     cudaStream_t stream;
     loom_cuda_gemm *gemm;
     void *embed, *final_norm, *lm_head;
@@ -246,7 +248,8 @@ static void prof_destroy(loom_gpu_model *m)
 loom_gpu_opts loom_gpu_opts_default(void)
 {
     return (loom_gpu_opts){.act = LOOM_F16, .max_tokens = 8192, .max_seqs = 64, .max_seq_len = 4096, .tokens_per_block = 64,
-                           .kv_free_fraction = 0.9, .max_kv_tokens = 0, .multi_block = -1, .device = -1};
+                           .kv_free_fraction = 0.9, .max_kv_tokens = 0, .multi_block = -1, .device = -1,
+                           .kv = LOOM_DTYPE_COUNT};
 }
 
 static loom_status cuda_fail(loom_err *err, int rc, const char *what)
@@ -331,6 +334,12 @@ static loom_status init_common(loom_gpu_model *m, const loom_config *cfg, const 
     }
     if (o->act != LOOM_F16 && o->act != LOOM_BF16) return loom_err_set(err, LOOM_EINVAL, "the GPU backend computes in fp16 or bf16");
     m->es = 2;
+    m->kv = o->kv == LOOM_DTYPE_COUNT ? o->act : o->kv;
+    if (m->kv != o->act && m->kv != LOOM_F8E4M3)
+        return loom_err_set(err, LOOM_EINVAL, "the KV cache holds the activations' dtype (%s) or fp8, not %s", loom_dtype_name(o->act),
+                            loom_dtype_name(m->kv));
+    m->kv_es = loom_dtype_size(m->kv);
+    if (m->kv == LOOM_F8E4M3) m->fused_rope = 0; /* the QKV GEMV's epilogue appends act elements only */
     m->red_dt = m->tp > 1 && loom_gpu_env_int("LOOM_TP_REDUCE_F32") ? LOOM_F32 : o->act;
     int n_dev = 0;
     if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev == 0) {
@@ -458,7 +467,7 @@ static loom_status alloc_runtime(loom_gpu_model *m, loom_err *err)
     /* the one-kernel step (loom_cuda_decode_step): batch 1 of a whole model
      * on one GPU, the fused step's shapes */
     m->use_step = m->use_fused && loom_gpu_env_int("LOOM_DECODE_STEP") && m->tp == 1 && m->is_first && m->is_last && m->nl > 0 &&
-                  loom_cuda_decode_step_ok(o->act, H, I, m->nh, m->nkv, hd);
+                  m->kv == o->act && loom_cuda_decode_step_ok(o->act, H, I, m->nh, m->nkv, hd);
     if (m->use_step) {
         m->step_scratch_bytes = loom_cuda_decode_step_scratch_bytes(m->nh, hd, o->max_seq_len);
         LOOM_CHECK(dalloc(m, (void **)&m->step_layers, (size_t)m->nl * sizeof *m->step_layers, "activations (decode step)", err));
@@ -471,7 +480,7 @@ static loom_status alloc_runtime(loom_gpu_model *m, loom_err *err)
     size_t fr = 0, tot = 0;
     CUDA_TRY(cudaMemGetInfo(&fr, &tot), "memory info");
     const int64_t B = o->tokens_per_block;
-    size_t block_bytes = (size_t)(2 * m->nkv * B * hd) * es * (size_t)m->nl;
+    size_t block_bytes = (size_t)(2 * m->nkv * B * hd) * m->kv_es * (size_t)m->nl;
     int64_t blocks = (int64_t)((double)fr * o->kv_free_fraction / (double)block_bytes);
     if (o->max_kv_tokens > 0 && blocks > (o->max_kv_tokens + B - 1) / B) blocks = (o->max_kv_tokens + B - 1) / B;
     if (blocks < m->max_blocks_per_seq)
@@ -480,7 +489,7 @@ static loom_status alloc_runtime(loom_gpu_model *m, loom_err *err)
     m->n_blocks = blocks;
     void *pool;
     LOOM_CHECK(dalloc(m, &pool, block_bytes * (size_t)blocks, "KV pool", err));
-    size_t per_layer = (size_t)(2 * m->nkv * B * hd) * es * (size_t)blocks;
+    size_t per_layer = (size_t)(2 * m->nkv * B * hd) * m->kv_es * (size_t)blocks;
     for (int64_t l = 0; l < m->nl; l++) m->layers[l].pool = (char *)pool + per_layer * (size_t)l;
     m->free_blocks = malloc((size_t)blocks * sizeof *m->free_blocks);
     m->seq_blocks = calloc((size_t)(S * m->max_blocks_per_seq), sizeof *m->seq_blocks);
@@ -493,6 +502,7 @@ static loom_status alloc_runtime(loom_gpu_model *m, loom_err *err)
     m->mem.kv = block_bytes * (size_t)blocks;
     m->mem.kv_blocks = blocks;
     m->mem.kv_tokens = blocks * B;
+    m->mem.kv_dtype = m->kv;
     CUDA_TRY(cudaMemGetInfo(&fr, &tot), "memory info");
     m->mem.free_after = fr;
     m->mem.total = tot;
@@ -794,7 +804,7 @@ static int gemv1_red(loom_gpu_model *m, void *y, const void *x, const void *w, c
 static int rope_append(loom_gpu_model *m, int64_t l, int64_t T)
 {
     const int64_t hd = m->cfg.head_dim, QKV = (m->nh + 2 * m->nkv) * hd;
-    return loom_cuda_rope_kv_append(m->qkv, QKV, m->o.act, m->d_pos, m->d_slots, T, m->nh, m->nkv, hd, m->inv_freq, m->layers[l].pool,
+    return loom_cuda_rope_kv_append(m->qkv, QKV, m->o.act, m->kv, m->d_pos, m->d_slots, T, m->nh, m->nkv, hd, m->inv_freq, m->layers[l].pool,
                                     m->o.tokens_per_block, m->stream);
 }
 
@@ -809,11 +819,11 @@ static loom_status attend(loom_gpu_model *m, int64_t l, int64_t S, int64_t T, in
     const int64_t QKV = (m->nh + 2 * m->nkv) * hd, window = c->layer_window[m->l0 + l];
     const float scale = 1.0f / sqrtf((float)hd);
     if (hd == 64 || hd == 128)
-        CUDA_TRY(loom_cuda_attention(m->att, m->qkv, QKV, L->pool, o->act, m->d_qstart, m->d_ctx, m->d_bt, maxb, S, T, max_ctx, m->nh, m->nkv,
+        CUDA_TRY(loom_cuda_attention(m->att, m->qkv, QKV, L->pool, o->act, m->kv, m->d_qstart, m->d_ctx, m->d_bt, maxb, S, T, max_ctx, m->nh, m->nkv,
                                      hd, B, window, scale, o->multi_block, m->attn_scratch, m->attn_scratch_bytes, m->stream),
                  "attention");
     else
-        CUDA_TRY(loom_cuda_attention_generic(m->att, m->qkv, QKV, L->pool, o->act, m->d_qstart, m->d_ctx, m->d_bt, maxb, S, T, m->nh, m->nkv,
+        CUDA_TRY(loom_cuda_attention_generic(m->att, m->qkv, QKV, L->pool, o->act, m->kv, m->d_qstart, m->d_ctx, m->d_bt, maxb, S, T, m->nh, m->nkv,
                                              hd, B, window, scale, m->stream),
                  "attention");
     return LOOM_OK;

@@ -30,6 +30,9 @@
 
 typedef struct loom_gpu_opts {
     loom_dtype act;              /* LOOM_F16 or LOOM_BF16 */
+    loom_dtype kv;               /* KV cache elements: LOOM_DTYPE_COUNT (default) or act = the activation dtype;
+                                    LOOM_F8E4M3 = K/V rounded to FP8 E4M3 when appended (unit scale, half the
+                                    bytes); anything else is refused at load */
     int64_t max_tokens;          /* tokens per forward (prefill chunk budget) */
     int64_t max_seqs;            /* sequences per forward */
     int64_t max_seq_len;         /* positions per sequence */
@@ -84,6 +87,7 @@ void loom_gpu_model_destroy(loom_gpu_model *m);
 typedef struct loom_gpu_mem {
     size_t weights, kv, workspace, total, free_after;
     int64_t kv_tokens, kv_blocks;
+    loom_dtype kv_dtype; /* the pool's elements: the activations' dtype or LOOM_F8E4M3 */
 } loom_gpu_mem;
 loom_gpu_mem loom_gpu_model_mem(const loom_gpu_model *m);
 

@@ -354,10 +354,20 @@ loom_model *loom_model_load(const char *dir, const loom_ops *ops, const loom_sha
     if (open_weights(m, dir, err) != LOOM_OK) goto fail;
     if (bind_weights(m, err) != LOOM_OK) goto fail;
     if (alloc_run_state(m, max_tokens, max_seqs, err) != LOOM_OK) goto fail;
+    m->kv_dtype = LOOM_F32;
     return m;
 fail:
     loom_model_destroy(m);
     return NULL;
+}
+
+loom_status loom_model_set_kv_dtype(loom_model *m, loom_dtype kv, loom_err *err)
+{
+    if (kv == LOOM_DTYPE_COUNT) kv = LOOM_F32;
+    if (kv != LOOM_F32 && kv != LOOM_F8E4M3)
+        return loom_err_set(err, LOOM_EINVAL, "the CPU backend keeps its KV cache in fp32 or rounds it to fp8, not %s", loom_dtype_name(kv));
+    m->kv_dtype = kv;
+    return LOOM_OK;
 }
 
 void loom_model_destroy(loom_model *m)

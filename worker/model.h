@@ -140,6 +140,9 @@ typedef struct loom_model {
     const loom_dist *dist;
     loom_run_state rs;
     size_t weight_bytes;    /* bytes of weights this partition's forward reads */
+    loom_dtype kv_dtype;    /* LOOM_F32 (after load) or LOOM_F8E4M3: every K (after RoPE) and V element is
+                               rounded through E4M3 as it enters the cache, the oracle of the GPU's FP8
+                               cache; the cache stays fp32. Set with loom_model_set_kv_dtype */
 } loom_model;
 
 /* Loads the partition `shard` (NULL = the whole model) from dir: a Hugging
@@ -150,6 +153,13 @@ typedef struct loom_model {
  * and fills err (naming the file, tensor and expected shape). */
 loom_model *loom_model_load(const char *dir, const loom_ops *ops, const loom_shard *shard,
                             const loom_dist *dist, int64_t max_tokens, int64_t max_seqs, loom_err *err);
+
+/* Chooses what the forward pass stores in the KV caches: LOOM_F32 or
+ * LOOM_DTYPE_COUNT (the fp32 activations, the default) or LOOM_F8E4M3 (each
+ * element rounded to the nearest E4M3 value, unit scale, kept in fp32). Set it
+ * before the first forward: caches filled before keep their values. Any other
+ * dtype is refused with a message. */
+loom_status loom_model_set_kv_dtype(loom_model *m, loom_dtype kv, loom_err *err);
 
 /* Frees the model and unmaps its files; accepts NULL. */
 void loom_model_destroy(loom_model *m);

@@ -7,7 +7,7 @@
 #include "../util/clock.h"
 #include "gpu_model.h"
 
-loom_status loom_run_gpu(const char *dir, const int32_t *prompt, int64_t n_prompt, const loom_gen_params *p, loom_token_cb cb,
+loom_status loom_run_gpu(const char *dir, loom_dtype kv_dtype, const int32_t *prompt, int64_t n_prompt, const loom_gen_params *p, loom_token_cb cb,
                          void *cb_ctx, int32_t *out, int64_t *n_out, loom_finish *finish, loom_gen_stats *stats, loom_err *err)
 {
     *n_out = 0;
@@ -19,6 +19,7 @@ loom_status loom_run_gpu(const char *dir, const int32_t *prompt, int64_t n_promp
     o.max_seq_len = n_prompt + p->max_new_tokens;
     o.max_tokens = n_prompt < 2048 ? n_prompt : 2048;
     o.max_kv_tokens = o.max_seq_len;
+    o.kv = kv_dtype;
     loom_gpu_model *m = loom_gpu_model_load(dir, &o, err);
     if (!m) return LOOM_EIO;
     const loom_config *c = loom_gpu_config(m);

@@ -7,8 +7,9 @@
 
 #include "generate.h"
 
-/* vocab_size and eos ids come from dir's config. */
-loom_status loom_run_gpu(const char *dir, const int32_t *prompt, int64_t n_prompt, const loom_gen_params *p, loom_token_cb cb,
+/* vocab_size and eos ids come from dir's config. kv_dtype becomes
+ * loom_gpu_opts.kv (LOOM_DTYPE_COUNT: as the activations; LOOM_F8E4M3). */
+loom_status loom_run_gpu(const char *dir, loom_dtype kv_dtype, const int32_t *prompt, int64_t n_prompt, const loom_gen_params *p, loom_token_cb cb,
                          void *cb_ctx, int32_t *out, int64_t *n_out, loom_finish *finish, loom_gen_stats *stats, loom_err *err);
 
 #endif

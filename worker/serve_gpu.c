@@ -14,8 +14,8 @@ struct loom_serve_gpu {
 
 loom_serve_gpu *loom_serve_gpu_create(MPI_Comm workers, MPI_Comm tp_comm, MPI_Comm pp_comm, const char *model_dir,
                                       const loom_shard *shard, int64_t max_batch, int64_t max_tokens, int64_t max_seq_len,
-                                      double kv_free_fraction, int64_t max_kv_tokens, int64_t tokens_per_block, bool dummy_weights,
-                                      loom_err *err)
+                                      double kv_free_fraction, int64_t max_kv_tokens, int64_t tokens_per_block, loom_dtype kv_dtype,
+                                      bool dummy_weights, loom_err *err)
 {
     loom_serve_gpu *g = calloc(1, sizeof *g);
     if (!g) {
@@ -44,6 +44,7 @@ loom_serve_gpu *loom_serve_gpu_create(MPI_Comm workers, MPI_Comm tp_comm, MPI_Co
     if (kv_free_fraction > 0) o.kv_free_fraction = kv_free_fraction;
     o.max_kv_tokens = max_kv_tokens;
     o.tokens_per_block = tokens_per_block;
+    o.kv = kv_dtype;
     if (dummy_weights) {
         if (shard->tp_size != 1 || shard->pp_size != 1) {
             loom_err_set(err, LOOM_EINVAL, "--dummy-weights serves one unpartitioned worker (--tp 1 --pp 1)");
@@ -59,9 +60,9 @@ loom_serve_gpu *loom_serve_gpu_create(MPI_Comm workers, MPI_Comm tp_comm, MPI_Co
     if (!g->m) goto fail;
     loom_gpu_mem mem = loom_gpu_model_mem(g->m);
     fprintf(stderr,
-            "loom worker %d on GPU %d (stage %d, tp %d): weights %.1f MiB, KV pool %.2f GiB (%lld tokens), workspace %.1f MiB, free %.2f GiB\n",
+            "loom worker %d on GPU %d (stage %d, tp %d): weights %.1f MiB, KV pool %.2f GiB (%lld tokens, %s), workspace %.1f MiB, free %.2f GiB\n",
             rank, local % n_dev, shard->pp_rank, shard->tp_rank, (double)mem.weights / (1 << 20), (double)mem.kv / (1 << 30),
-            (long long)mem.kv_tokens, (double)mem.workspace / (1 << 20), (double)mem.free_after / (1 << 30));
+            (long long)mem.kv_tokens, loom_dtype_name(o.kv == LOOM_F8E4M3 ? LOOM_F8E4M3 : o.act), (double)mem.workspace / (1 << 20), (double)mem.free_after / (1 << 30));
     return g;
 fail:
     loom_serve_gpu_destroy(g);

@@ -16,13 +16,14 @@
 typedef struct loom_serve_gpu loom_serve_gpu;
 
 /* Collective over the workers (tp_comm, pp_comm as parallel/dist_mpi.c builds
- * them). max_*: as the worker's options. dummy_weights: random weights of the
+ * them). max_*, kv_dtype: as the worker's options (kv_dtype becomes
+ * loom_gpu_opts.kv). dummy_weights: random weights of the
  * config's shapes instead of loading (one unpartitioned worker; for
  * benchmarks). Prints the rank's memory line. */
 loom_serve_gpu *loom_serve_gpu_create(MPI_Comm workers, MPI_Comm tp_comm, MPI_Comm pp_comm, const char *model_dir,
                                       const loom_shard *shard, int64_t max_batch, int64_t max_tokens, int64_t max_seq_len,
-                                      double kv_free_fraction, int64_t max_kv_tokens, int64_t tokens_per_block, bool dummy_weights,
-                                      loom_err *err);
+                                      double kv_free_fraction, int64_t max_kv_tokens, int64_t tokens_per_block, loom_dtype kv_dtype,
+                                      bool dummy_weights, loom_err *err);
 
 /* The KV pool's size in blocks. */
 int64_t loom_serve_gpu_kv_blocks(const loom_serve_gpu *g);

@@ -3,10 +3,11 @@
 
 loom_serve_gpu *loom_serve_gpu_create(MPI_Comm workers, MPI_Comm tp_comm, MPI_Comm pp_comm, const char *model_dir,
                                       const loom_shard *shard, int64_t max_batch, int64_t max_tokens, int64_t max_seq_len,
-                                      double kv_free_fraction, int64_t max_kv_tokens, int64_t tokens_per_block, bool dummy_weights, loom_err *err)
+                                      double kv_free_fraction, int64_t max_kv_tokens, int64_t tokens_per_block, loom_dtype kv_dtype,
+                                      bool dummy_weights, loom_err *err)
 {
     (void)workers, (void)tp_comm, (void)pp_comm, (void)model_dir, (void)shard, (void)max_batch, (void)max_tokens, (void)max_seq_len, (void)kv_free_fraction,
-        (void)max_kv_tokens, (void)tokens_per_block, (void)dummy_weights;
+        (void)max_kv_tokens, (void)tokens_per_block, (void)kv_dtype, (void)dummy_weights;
     loom_err_set(err, LOOM_EUNSUPPORTED, "--device cuda: this loom was built without CUDA (nvcc and NCCL at build time)");
     return NULL;
 }

@@ -76,7 +76,7 @@ loom_worker *loom_worker_create(MPI_Comm workers, const loom_worker_opts *o, loo
     if (o->device_cuda) {
         w->gpu = loom_serve_gpu_create(workers, loom_mpi_dist_tp_comm(w->dist), loom_mpi_dist_pp_comm(w->dist), o->model_dir, &sh,
                                        o->max_batch_size, o->max_num_tokens, o->max_seq_len, o->kv_free_fraction, o->max_kv_tokens,
-                                       w->tokens_per_block, o->dummy_weights, err);
+                                       w->tokens_per_block, o->kv_dtype, o->dummy_weights, err);
         if (!w->gpu) goto fail;
         w->kv_blocks = loom_serve_gpu_kv_blocks(w->gpu);
         w->sampler_rank = sh.pp_rank == o->pp - 1 && sh.tp_rank == 0;
@@ -111,7 +111,7 @@ loom_worker *loom_worker_create(MPI_Comm workers, const loom_worker_opts *o, loo
         return w;
     }
     w->m = loom_model_load(o->model_dir, loom_ops_cpu(), &sh, loom_mpi_dist_hooks(w->dist), o->max_num_tokens, o->max_batch_size, err);
-    if (!w->m) goto fail;
+    if (!w->m || loom_model_set_kv_dtype(w->m, o->kv_dtype, err) != LOOM_OK) goto fail;
     w->sampler_rank = sh.pp_rank == o->pp - 1 && sh.tp_rank == 0;
     w->n_slots = o->max_batch_size;
     int64_t S = w->n_slots, T = o->max_num_tokens;
@@ -146,11 +146,11 @@ loom_worker *loom_worker_create(MPI_Comm workers, const loom_worker_opts *o, loo
     }
     int64_t kv_bytes = loom_kv_pool_bytes(n_layers, w->kv_blocks, B, w->m->n_kv_local, w->m->cfg.head_dim);
     fprintf(stderr,
-            "loom worker %d (stage %d/%d, tp %d/%d, layers %lld-%lld): weights %.2f MiB, KV pool %lld blocks x %lld tokens = %.2f MiB, "
+            "loom worker %d (stage %d/%d, tp %d/%d, layers %lld-%lld): weights %.2f MiB, KV pool %lld blocks x %lld tokens = %.2f MiB%s, "
             "activations %.2f MiB\n",
             w->topo->worker, sh.pp_rank, o->pp, sh.tp_rank, o->tp, (long long)sh.layer_begin, (long long)sh.layer_end - 1,
             (double)w->m->weight_bytes / 1048576.0, (long long)w->kv_blocks, (long long)B, (double)kv_bytes / 1048576.0,
-            (double)w->m->rs.bytes / 1048576.0);
+            w->m->kv_dtype == LOOM_F8E4M3 ? " (fp32, K/V rounded to fp8)" : "", (double)w->m->rs.bytes / 1048576.0);
     return w;
 fail:
     loom_worker_destroy(w);

@@ -24,6 +24,9 @@ typedef struct loom_worker_opts {
     int64_t max_kv_tokens;      /* the pool in tokens (CPU; 0 = max_batch_size x max_seq_len),
                                    a cap on it (GPU; 0 = none) */
     int64_t tokens_per_block;   /* paged KV block size (power of two, 8..128) */
+    loom_dtype kv_dtype;        /* KV cache elements, as loom_kv_dtype_check leaves them: LOOM_DTYPE_COUNT = the
+                                   activation dtype, LOOM_F8E4M3 = FP8 E4M3 (GPU: a byte each; CPU: fp32 holding
+                                   E4M3 values). LOOM_F32 (a zeroed struct) is accepted on the CPU only */
     int dummy_weights;          /* GPU: random weights of the config's shapes (benchmarks) */
 } loom_worker_opts;
 

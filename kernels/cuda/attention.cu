@@ -25,7 +25,10 @@
 #include <cstdint>
 #include <cstring>
 
+#include <type_traits>
+
 #include "attention_decode.h"
+#include "kv_fp8.cuh"
 #include "ops_cuda.h"
 #include "pdl.cuh"
 
@@ -141,8 +144,11 @@ __device__ __forceinline__ float quad_sum(float v)
 /* ---- the tile routine ---- */
 
 /* Block shape: WM x WN warps; warp (wm, wn) owns rows wm*WR .. +WR-1 of the
- * tile (MT m16 tiles) and keys wn*KW .. +KW-1 of each BN-key K/V tile. */
-template <typename T, int D, int WM, int WN, int MT, int BN> struct Shape {
+ * tile (MT m16 tiles) and keys wn*KW .. +KW-1 of each BN-key K/V tile. KV is
+ * the pool's element: T, whose tiles cp.async streams into a two-stage ring
+ * the MMAs read, or kv_fp8, whose tiles stream into a two-stage ring of
+ * bytes, each widened to T in one compute tile before it is used. */
+template <typename T, int D, int WM, int WN, int MT, int BN, typename KV = T> struct Shape {
     static_assert(WM * WN * 32 == kThreads, "4 warps");
     static_assert(WN == 1 || MT == 1, "warps that split keys own one m16 tile");
     static constexpr int WR = 16 * MT;       /* rows per warp */
@@ -156,11 +162,16 @@ template <typename T, int D, int WM, int WN, int MT, int BN> struct Shape {
     static constexpr int CPR = D / 8;        /* 16-byte chunks per row */
     static constexpr bool QREG = MT == 1;    /* Q fragments stay in registers; else re-read per tile */
     static constexpr size_t q_bytes = (size_t)M * LD * sizeof(T);
-    static constexpr size_t kv_bytes = 2 /* stages */ * 2 /* K, V */ * (size_t)BN * LD * sizeof(T);
+    static constexpr bool F8 = std::is_same<KV, kv_fp8>::value;
+    static constexpr int CPR8 = D / 16;      /* 16-byte chunks per fp8 row */
+    static constexpr size_t tile_bytes = 2 /* K, V */ * (size_t)BN * LD * sizeof(T);
+    static constexpr size_t stage8_bytes = 2 /* K, V */ * (size_t)BN * D; /* fp8 rows, unpadded */
+    static constexpr size_t kv_bytes = F8 ? tile_bytes + 2 * stage8_bytes : 2 /* stages */ * tile_bytes;
     static constexpr size_t merge_bytes = WN > 1 ? (size_t)WN * 16 * (D + 2) * sizeof(float) : 0;
     static constexpr size_t smem = q_bytes + (kv_bytes > merge_bytes ? kv_bytes : merge_bytes);
     static_assert(NT % 2 == 0 && KS >= 1, "whole 16-key steps per warp");
     static_assert((kThreads / CPR) <= BN && BN % (kThreads / CPR) == 0, "whole loader passes");
+    static_assert((kThreads / CPR8) <= BN && BN % (kThreads / CPR8) == 0, "whole fp8 loader passes");
 };
 
 /* Where row results go: the final output, or a partial (o, lse) for split sp. */
@@ -175,12 +186,13 @@ __device__ __forceinline__ float *lse_at(const AttParams &p, int64_t tok, int he
 
 /* Attention for row tile rt of sequence s, kv head g, split sp (0 when not
  * split). Block-uniform early returns only. */
-template <typename T, int D, int WM, int WN, int MT, int BN>
+template <typename T, int D, int WM, int WN, int MT, int BN, typename KV>
 __device__ void attend_tile(const AttParams &p, int s, int g, int rt, int sp, unsigned char *smem)
 {
-    using S = Shape<T, D, WM, WN, MT, BN>;
+    using S = Shape<T, D, WM, WN, MT, BN, KV>;
     T *sq = reinterpret_cast<T *>(smem);
     T *skv = reinterpret_cast<T *>(smem + S::q_bytes);
+    unsigned char *s8 = smem + S::q_bytes + S::tile_bytes; /* fp8: the byte ring (after the one compute tile) */
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int wm = warp / WN, wn = warp % WN;
     const int G = p.group;
@@ -221,7 +233,47 @@ __device__ void attend_tile(const AttParams &p, int s, int g, int rt, int sp, un
     const int64_t half_elems = head_elems * p.n_kv_heads;          /* the K (or V) half of a block */
     const int32_t *bt = p.block_tables + (int64_t)s * p.max_blocks;
     const int slot_mask = (1 << p.block_shift) - 1;
+    const unsigned char *pool8 = static_cast<const unsigned char *>(p.pool);
+    auto load_tile8 = [&](int k0, int stage) {
+        unsigned char *sk = s8 + (size_t)stage * S::stage8_bytes;
+        unsigned char *sv = sk + BN * D;
+        constexpr int RPP = kThreads / S::CPR8;
+        const int c = tid % S::CPR8;
+#pragma unroll
+        for (int pass = 0; pass < BN / RPP; ++pass) {
+            const int r = pass * RPP + tid / S::CPR8;
+            const int j = k0 + r;
+            const unsigned char *src = pool8;
+            int bytes = 0;
+            if (j >= kb && j < ke) {
+                const int blk = __ldg(bt + (j >> p.block_shift));
+                src = pool8 + (int64_t)blk * 2 * half_elems + g * head_elems + (int64_t)(j & slot_mask) * D + c * 16;
+                bytes = 16;
+            }
+            cp_async16(sk + r * D + c * 16, src, bytes);
+            cp_async16(sv + r * D + c * 16, bytes ? src + half_elems : pool8, bytes);
+        }
+    };
+    /* fp8: widens byte stage `stage` into the compute tile (8 elements a step). */
+    auto widen_tile8 = [&](int stage) {
+        const unsigned char *src = s8 + (size_t)stage * S::stage8_bytes;
+        for (int i = tid; i < 2 * BN * (D / 8); i += kThreads) {
+            const int r = i / (D / 8), c = i % (D / 8); /* r: K rows 0..BN-1, then V rows */
+            float f[8];
+            e4m3x8_to_f32(*reinterpret_cast<const uint2 *>(src + (size_t)r * D + c * 8), f);
+            uint4 u;
+            u.x = Elem<T>::pack(f[0], f[1]);
+            u.y = Elem<T>::pack(f[2], f[3]);
+            u.z = Elem<T>::pack(f[4], f[5]);
+            u.w = Elem<T>::pack(f[6], f[7]);
+            *reinterpret_cast<uint4 *>(skv + (size_t)r * S::LD + c * 8) = u;
+        }
+    };
     auto load_tile = [&](int k0, int stage) {
+        if constexpr (S::F8) {
+            load_tile8(k0, stage);
+            return;
+        }
         T *sk = skv + (size_t)stage * 2 * BN * S::LD;
         T *sv = sk + BN * S::LD;
         constexpr int RPP = kThreads / S::CPR; /* rows per pass */
@@ -308,7 +360,11 @@ __device__ void attend_tile(const AttParams &p, int s, int g, int rt, int sp, un
         cp_async_commit();
         cp_async_wait<1>();
         __syncthreads();
-        const T *sk = skv + (size_t)(it & 1) * 2 * BN * S::LD;
+        if constexpr (S::F8) {
+            widen_tile8(it & 1);
+            __syncthreads();
+        }
+        const T *sk = S::F8 ? skv : skv + (size_t)(it & 1) * 2 * BN * S::LD;
         const T *sv = sk + BN * S::LD;
 
         /* S = Q K^T for the warp's rows x KW keys; each K fragment serves MT m-tiles. */
@@ -537,7 +593,7 @@ constexpr int kDecodeRows = 16 * kDecodeWM * kDecodeMT;
  * tile) through a prefix sum of each sequence's tile count, done by warp 0;
  * the tiles of a sequence run longest (latest positions) first. z is the key
  * split (0 when not split). */
-template <typename T, int D, int MT, int BN>
+template <typename T, int D, int MT, int BN, typename KV>
 __global__ void __launch_bounds__(kThreads) prefill_kernel(AttParams p)
 {
     constexpr int kRows = Shape<T, D, 4, 1, MT, BN>::M;
@@ -574,12 +630,12 @@ __global__ void __launch_bounds__(kThreads) prefill_kernel(AttParams p)
     }
     __syncthreads();
     if (sh_seq < 0) return;
-    attend_tile<T, D, 4, 1, MT, BN>(p, sh_seq, blockIdx.y, sh_tile, blockIdx.z, smem);
+    attend_tile<T, D, 4, 1, MT, BN, KV>(p, sh_seq, blockIdx.y, sh_tile, blockIdx.z, smem);
 }
 
 /* grid (n_splits, n_kv_heads * rt_grid, n_seqs). A sequence with more than
  * one token (not a decode batch, but allowed) loops over its extra row tiles. */
-template <typename T, int D>
+template <typename T, int D, typename KV>
 __global__ void __launch_bounds__(kThreads) decode_kernel(AttParams p)
 {
     extern __shared__ __align__(16) unsigned char smem[];
@@ -595,7 +651,7 @@ __global__ void __launch_bounds__(kThreads) decode_kernel(AttParams p)
     const int rows = (p.q_start[s + 1] - p.q_start[s]) * p.group;
     const int n_rt = (rows + kDecodeRows - 1) / kDecodeRows;
     for (int rt = rt0; rt < n_rt; rt += p.rt_grid) {
-        attend_tile<T, D, kDecodeWM, kDecodeWN, kDecodeMT, kBN>(p, s, g, rt, blockIdx.x, smem);
+        attend_tile<T, D, kDecodeWM, kDecodeWN, kDecodeMT, kBN, KV>(p, s, g, rt, blockIdx.x, smem);
         __syncthreads();
     }
 }
@@ -675,12 +731,14 @@ __global__ void __launch_bounds__(kReduceWarps * 32)
     }
 }
 
-/* One thread per 8-element chunk of one token's K or V row of one kv head. */
-template <typename T>
-__global__ void kv_append_kernel(T *pool, const T *k, int64_t k_stride, const T *v, int64_t v_stride,
+/* One thread per 8-element chunk of one token's K or V row of one kv head.
+ * KV is T, or kv_fp8: the row rounded to E4M3 (8 bytes a chunk). */
+template <typename T, typename KV>
+__global__ void kv_append_kernel(KV *pool, const T *k, int64_t k_stride, const T *v, int64_t v_stride,
                                  const int32_t *slots, int64_t n, int n_kv_heads, int head_dim,
                                  int64_t tokens_per_block, int vec)
 {
+    constexpr bool F8 = std::is_same<KV, kv_fp8>::value;
     const int cpr = (head_dim + 7) / 8;
     const int64_t total = n * n_kv_heads * cpr * 2;
     const int64_t half_elems = tokens_per_block * head_dim * n_kv_heads;
@@ -694,10 +752,22 @@ __global__ void kv_append_kernel(T *pool, const T *k, int64_t k_stride, const T 
         const int32_t slot = slots[t];
         if (slot < 0) continue;
         const int64_t blk = slot / tokens_per_block, in_blk = slot % tokens_per_block;
-        T *dst = pool + blk * 2 * half_elems + which * half_elems + (h * tokens_per_block + in_blk) * head_dim + c * 8;
+        KV *dst = pool + blk * 2 * half_elems + which * half_elems + (h * tokens_per_block + in_blk) * head_dim + c * 8;
         const T *src = which ? v + t * v_stride : k + t * k_stride;
         src += (int64_t)h * head_dim + c * 8;
-        if (vec) {
+        if constexpr (F8) {
+            if (vec) {
+                float f[8];
+                const uint4 u = *reinterpret_cast<const uint4 *>(src);
+                const T *e = reinterpret_cast<const T *>(&u);
+#pragma unroll
+                for (int j = 0; j < 8; j++) f[j] = Elem<T>::to_f32(e[j]);
+                *reinterpret_cast<uint2 *>(dst) = e4m3x8_from_f32(f);
+            } else {
+                const int m = min(8, head_dim - c * 8);
+                for (int e = 0; e < m; e++) reinterpret_cast<uint8_t *>(dst)[e] = e4m3_from_f32(Elem<T>::to_f32(src[e]));
+            }
+        } else if (vec) {
             *reinterpret_cast<uint4 *>(dst) = *reinterpret_cast<const uint4 *>(src);
         } else {
             const int m = min(8, head_dim - c * 8);
@@ -810,13 +880,13 @@ template <typename T, int D> cudaError_t launch_reduce(const AttParams &p, int64
  * chunk is short; then (multi_block auto) the keys are split like decode's
  * when the tiles would keep at most half the SMs busy over at least two
  * kSplitMinKeys-key parts, or always as far as scratch allows (multi_block 1). */
-template <typename T, int D, int MT, int BN>
+template <typename T, int D, int MT, int BN, typename KV>
 cudaError_t launch_prefill(AttParams p, int64_t n_tokens, int64_t max_ctx, int multi, void *scratch, size_t scratch_bytes,
                            cudaStream_t st)
 {
-    using S = Shape<T, D, 4, 1, MT, BN>;
+    using S = Shape<T, D, 4, 1, MT, BN, KV>;
     static bool done[kMaxDevices];
-    cudaError_t e = allow_smem(prefill_kernel<T, D, MT, BN>, S::smem, done);
+    cudaError_t e = allow_smem(prefill_kernel<T, D, MT, BN, KV>, S::smem, done);
     if (e != cudaSuccess) return e;
     const int64_t tiles = cdiv(n_tokens * p.group, S::M) + p.n_seqs;
     if (tiles > INT32_MAX) return cudaErrorInvalidValue;
@@ -831,7 +901,7 @@ cudaError_t launch_prefill(AttParams p, int64_t n_tokens, int64_t max_ctx, int m
         if (multi == 1 && want < kSplitForced) want = by_ctx < kSplitForced ? by_ctx : kSplitForced;
     }
     const int64_t splits = choose_split(p, want, span, n_tokens * p.n_heads, D, scratch, scratch_bytes);
-    prefill_kernel<T, D, MT, BN><<<dim3((unsigned)tiles, p.n_kv_heads, (unsigned)splits), kThreads, S::smem, st>>>(p);
+    prefill_kernel<T, D, MT, BN, KV><<<dim3((unsigned)tiles, p.n_kv_heads, (unsigned)splits), kThreads, S::smem, st>>>(p);
     e = cudaGetLastError();
     if (e != cudaSuccess || splits == 1) return e;
     return launch_reduce<T, D>(p, n_tokens, st);
@@ -871,94 +941,102 @@ int64_t decode_split(AttParams &p, int multi, int64_t want, int64_t n_tokens, in
  * split to finish (an arrival counter) was 1% slower than the reduction
  * kernel; a 32- or 16-key minimum changed nothing. */
 template <typename T, int D>
-cudaError_t launch_rows(AttParams p, loom_dtype act, int64_t n_tokens, int64_t max_ctx, int multi, void *scratch,
+cudaError_t launch_rows(AttParams p, loom_dtype act, loom_dtype kv, int64_t n_tokens, int64_t max_ctx, int multi, void *scratch,
                         size_t scratch_bytes, cudaStream_t st)
 {
     const int64_t sms = sm_count() > 0 ? sm_count() : 132;
-    int64_t per_sm = att_rows_blocks_per_sm(act, p.group, D);
+    int64_t per_sm = att_rows_blocks_per_sm(act, kv, p.group, D);
     if (per_sm > kDecodeSplitBlocksPerSM) per_sm = kDecodeSplitBlocksPerSM;
     const int64_t want = per_sm * sms / ((int64_t)p.n_seqs * p.n_kv_heads); /* one wave */
     const int64_t splits = decode_split(p, multi, want, n_tokens, max_ctx, D, scratch, scratch_bytes);
     if (splits == 0) return cudaErrorInvalidValue;
     p.min_chunk = kDecodeSplitMinKeys;
-    cudaError_t e = att_rows_launch(p, act, D, p.n_seqs, st);
+    cudaError_t e = att_rows_launch(p, act, kv, D, p.n_seqs, st);
     if (e != cudaSuccess || splits == 1) return e;
     return launch_reduce<T, D>(p, n_tokens, st);
 }
 
 /* Decode batches of larger groups: the flash tile, enough splits to fill the
  * machine at kDecodeSplitBlocksPerSM blocks per SM. */
-template <typename T, int D>
+template <typename T, int D, typename KV>
 cudaError_t launch_tile_decode(AttParams p, int64_t n_tokens, int64_t max_ctx, int multi, void *scratch, size_t scratch_bytes,
                                cudaStream_t st)
 {
-    using S = Shape<T, D, kDecodeWM, kDecodeWN, kDecodeMT, kBN>;
+    using S = Shape<T, D, kDecodeWM, kDecodeWN, kDecodeMT, kBN, KV>;
     static bool done[kMaxDevices];
-    cudaError_t e = allow_smem(decode_kernel<T, D>, S::smem, done);
+    cudaError_t e = allow_smem(decode_kernel<T, D, KV>, S::smem, done);
     if (e != cudaSuccess) return e;
     p.rt_grid = (int)cdiv(p.group, kDecodeRows);
     const int64_t sms = sm_count() > 0 ? sm_count() : 132;
     const int64_t want = cdiv(kDecodeSplitBlocksPerSM * sms, (int64_t)p.n_seqs * p.n_kv_heads * p.rt_grid);
     const int64_t splits = decode_split(p, multi, want, n_tokens, max_ctx, D, scratch, scratch_bytes);
     if (splits == 0) return cudaErrorInvalidValue;
-    e = pdl_launch(decode_kernel<T, D>, dim3((unsigned)splits, p.n_kv_heads * p.rt_grid, p.n_seqs), dim3(kThreads), S::smem, st, p);
+    e = pdl_launch(decode_kernel<T, D, KV>, dim3((unsigned)splits, p.n_kv_heads * p.rt_grid, p.n_seqs), dim3(kThreads), S::smem, st, p);
     if (e != cudaSuccess || splits == 1) return e;
     return launch_reduce<T, D>(p, n_tokens, st);
 }
 
-template <typename T, int D>
-cudaError_t launch(AttParams p, loom_dtype act, int64_t n_tokens, int64_t max_ctx, int multi, void *scratch, size_t scratch_bytes,
-                   cudaStream_t st)
+template <typename T, int D, typename KV>
+cudaError_t launch(AttParams p, loom_dtype act, loom_dtype kv, int64_t n_tokens, int64_t max_ctx, int multi, void *scratch,
+                   size_t scratch_bytes, cudaStream_t st)
 {
     p.part_o = nullptr;
     p.part_lse = nullptr;
     p.n_splits = 1;
     p.chunk = 0;
-    if (n_tokens != p.n_seqs) return launch_prefill<T, D, kPrefillMT, kPrefillBN>(p, n_tokens, max_ctx, multi, scratch, scratch_bytes, st);
-    if (att_rows_ok(p.group, D)) return launch_rows<T, D>(p, act, n_tokens, max_ctx, multi, scratch, scratch_bytes, st);
-    return launch_tile_decode<T, D>(p, n_tokens, max_ctx, multi, scratch, scratch_bytes, st);
+    if (n_tokens != p.n_seqs)
+        return launch_prefill<T, D, kPrefillMT, kPrefillBN, KV>(p, n_tokens, max_ctx, multi, scratch, scratch_bytes, st);
+    if (att_rows_ok(p.group, D)) return launch_rows<T, D>(p, act, kv, n_tokens, max_ctx, multi, scratch, scratch_bytes, st);
+    return launch_tile_decode<T, D, KV>(p, n_tokens, max_ctx, multi, scratch, scratch_bytes, st);
 }
 
 bool aligned16(const void *p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
 } /* namespace */
 
+template <typename T, typename KV>
+cudaError_t kv_append_launch(void *pool, const void *k, int64_t k_stride, const void *v, int64_t v_stride, const int32_t *slots,
+                             int64_t n, int64_t n_kv_heads, int64_t head_dim, int64_t tokens_per_block, int vec, cudaStream_t st)
+{
+    const int64_t total = n * n_kv_heads * ((head_dim + 7) / 8) * 2;
+    const int threads = 256;
+    const int64_t blocks = cdiv(total, threads) < 65536 ? cdiv(total, threads) : 65536;
+    kv_append_kernel<T, KV><<<(unsigned)blocks, threads, 0, st>>>(static_cast<KV *>(pool), static_cast<const T *>(k), k_stride,
+                                                                 static_cast<const T *>(v), v_stride, slots, n, (int)n_kv_heads,
+                                                                 (int)head_dim, tokens_per_block, vec);
+    return cudaGetLastError();
+}
+
 extern "C" int loom_cuda_kv_append(void *pool, const void *k, int64_t k_stride, const void *v, int64_t v_stride,
-                                   loom_dtype act, const int32_t *slot_mapping, int64_t n, int64_t n_kv_heads,
+                                   loom_dtype act, loom_dtype kv, const int32_t *slot_mapping, int64_t n, int64_t n_kv_heads,
                                    int64_t head_dim, int64_t tokens_per_block, void *stream)
 {
     if (n < 0 || n_kv_heads <= 0 || head_dim <= 0 || tokens_per_block <= 0 || n_kv_heads > INT32_MAX ||
-        head_dim > INT32_MAX || (act != LOOM_F16 && act != LOOM_BF16))
+        head_dim > INT32_MAX || (act != LOOM_F16 && act != LOOM_BF16) || (kv != act && kv != LOOM_F8E4M3))
         return cudaErrorInvalidValue;
     if (n == 0) return cudaSuccess;
     if (!pool || !k || !v || !slot_mapping || k_stride < n_kv_heads * head_dim || v_stride < n_kv_heads * head_dim)
         return cudaErrorInvalidValue;
     const int vec = head_dim % 8 == 0 && k_stride % 8 == 0 && v_stride % 8 == 0 && aligned16(pool) &&
                     aligned16(k) && aligned16(v);
-    const int64_t total = n * n_kv_heads * ((head_dim + 7) / 8) * 2;
-    const int threads = 256;
-    const int64_t blocks = cdiv(total, threads) < 65536 ? cdiv(total, threads) : 65536;
     cudaStream_t st = static_cast<cudaStream_t>(stream);
+    const bool f8 = kv == LOOM_F8E4M3;
     if (act == LOOM_F16)
-        kv_append_kernel<__half><<<(unsigned)blocks, threads, 0, st>>>(
-            static_cast<__half *>(pool), static_cast<const __half *>(k), k_stride, static_cast<const __half *>(v),
-            v_stride, slot_mapping, n, (int)n_kv_heads, (int)head_dim, tokens_per_block, vec);
-    else
-        kv_append_kernel<__nv_bfloat16><<<(unsigned)blocks, threads, 0, st>>>(
-            static_cast<__nv_bfloat16 *>(pool), static_cast<const __nv_bfloat16 *>(k), k_stride,
-            static_cast<const __nv_bfloat16 *>(v), v_stride, slot_mapping, n, (int)n_kv_heads, (int)head_dim,
-            tokens_per_block, vec);
-    return cudaGetLastError();
+        return f8 ? kv_append_launch<__half, kv_fp8>(pool, k, k_stride, v, v_stride, slot_mapping, n, n_kv_heads, head_dim, tokens_per_block, vec, st)
+                  : kv_append_launch<__half, __half>(pool, k, k_stride, v, v_stride, slot_mapping, n, n_kv_heads, head_dim, tokens_per_block, vec, st);
+    return f8 ? kv_append_launch<__nv_bfloat16, kv_fp8>(pool, k, k_stride, v, v_stride, slot_mapping, n, n_kv_heads, head_dim, tokens_per_block, vec, st)
+              : kv_append_launch<__nv_bfloat16, __nv_bfloat16>(pool, k, k_stride, v, v_stride, slot_mapping, n, n_kv_heads, head_dim,
+                                                               tokens_per_block, vec, st);
 }
 
 extern "C" int loom_cuda_attention(void *out, const void *q, int64_t q_stride, const void *pool, loom_dtype act,
-                                   const int32_t *q_start, const int32_t *ctx_len, const int32_t *block_tables,
+                                   loom_dtype kv, const int32_t *q_start, const int32_t *ctx_len, const int32_t *block_tables,
                                    int64_t max_blocks, int64_t n_seqs, int64_t n_tokens, int64_t max_ctx,
                                    int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, int64_t tokens_per_block,
                                    int64_t window, float scale, int multi_block, void *scratch, size_t scratch_bytes,
                                    void *stream)
 {
-    if (act != LOOM_F16 && act != LOOM_BF16) return cudaErrorInvalidValue;
+    if ((act != LOOM_F16 && act != LOOM_BF16) || (kv != act && kv != LOOM_F8E4M3)) return cudaErrorInvalidValue;
     if (head_dim != 64 && head_dim != 128) return cudaErrorInvalidValue;
     if (n_heads <= 0 || n_kv_heads <= 0 || n_heads % n_kv_heads || n_heads > 65535 || n_seqs <= 0 ||
         n_seqs > 65535 || n_tokens < 0 || n_tokens > INT32_MAX || max_ctx < 0 || max_ctx > INT32_MAX ||
@@ -993,12 +1071,15 @@ extern "C" int loom_cuda_attention(void *out, const void *q, int64_t q_stride, c
     p.scale_log2 = scale * 1.4426950408889634f;
     cudaStream_t st = static_cast<cudaStream_t>(stream);
     cudaError_t e;
+#define LAUNCH(T, D, KV) launch<T, D, KV>(p, act, kv, n_tokens, max_ctx, multi_block, scratch, scratch_bytes, st)
+    const bool f8 = kv == LOOM_F8E4M3;
     if (act == LOOM_F16)
-        e = head_dim == 64 ? launch<__half, 64>(p, act, n_tokens, max_ctx, multi_block, scratch, scratch_bytes, st)
-                           : launch<__half, 128>(p, act, n_tokens, max_ctx, multi_block, scratch, scratch_bytes, st);
+        e = head_dim == 64 ? (f8 ? LAUNCH(__half, 64, kv_fp8) : LAUNCH(__half, 64, __half))
+                           : (f8 ? LAUNCH(__half, 128, kv_fp8) : LAUNCH(__half, 128, __half));
     else
-        e = head_dim == 64 ? launch<__nv_bfloat16, 64>(p, act, n_tokens, max_ctx, multi_block, scratch, scratch_bytes, st)
-                           : launch<__nv_bfloat16, 128>(p, act, n_tokens, max_ctx, multi_block, scratch, scratch_bytes, st);
+        e = head_dim == 64 ? (f8 ? LAUNCH(__nv_bfloat16, 64, kv_fp8) : LAUNCH(__nv_bfloat16, 64, __nv_bfloat16))
+                           : (f8 ? LAUNCH(__nv_bfloat16, 128, kv_fp8) : LAUNCH(__nv_bfloat16, 128, __nv_bfloat16));
+#undef LAUNCH
     return (int)e;
 }
 

@@ -21,8 +21,11 @@
 #include <cstdint>
 #include <cstring>
 
+#include <type_traits>
+
 #include "act_convert.cuh"
 #include "attention_decode.h"
+#include "kv_fp8.cuh"
 #include "pdl.cuh"
 
 namespace {
@@ -70,6 +73,29 @@ __device__ __forceinline__ uint4 ld_stream(const void *p)
     return v;
 }
 
+__device__ __forceinline__ uint2 ld_stream8(const void *p)
+{
+    uint2 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v2.u32 {%0,%1}, [%2];\n" : "=r"(v.x), "=r"(v.y) : "l"(p));
+    return v;
+}
+
+/* A lane's 8 elements of a K or V row: 16 bytes of T, or 8 of fp8. */
+template <typename T, typename KV> struct Chunk {
+    static constexpr bool F8 = std::is_same<KV, kv_fp8>::value;
+    typedef typename std::conditional<F8, uint2, uint4>::type type;
+    static __device__ __forceinline__ type load(const KV *p)
+    {
+        if constexpr (F8) return ld_stream8(p);
+        else return ld_stream(p);
+    }
+    static __device__ __forceinline__ void widen(const type &u, float f[8])
+    {
+        if constexpr (F8) e4m3x8_to_f32(u, f);
+        else unpack8<T>(u, f);
+    }
+};
+
 /* The keys split sp of a token at position pos sees: [kb, ke). Splits are
  * equal, whole multiples of 16 keys and at least min_chunk; the last takes
  * the rest. False when the split has none. */
@@ -88,10 +114,11 @@ __device__ __forceinline__ bool split_keys(const AttParams &a, int pos, int sp, 
 }
 
 /* grid (n_splits, n_kv_heads, n_seqs). GM: rows held per lane (>= group);
- * NP: passes a tile. */
-template <typename T, int D, int GM, int NP>
+ * NP: passes a tile; KV: the pool's element, T or kv_fp8. */
+template <typename T, typename KV, int D, int GM, int NP>
 __global__ void __launch_bounds__(kThreads, GM == 1 ? 3 : 1) rows_kernel(AttParams a)
 {
+    typedef Chunk<T, KV> C;
     constexpr int LPK = D / 8;                 /* lanes per key */
     constexpr int KPW = 32 / LPK;              /* keys per warp a pass */
     constexpr int KPB = KPW * kWarps;          /* keys per block a pass */
@@ -104,7 +131,7 @@ __global__ void __launch_bounds__(kThreads, GM == 1 ? 3 : 1) rows_kernel(AttPara
     const int kslot = warp * KPW + lane / LPK; /* the lane's key in each pass */
     const int sp = blockIdx.x, g = blockIdx.y, s = blockIdx.z;
     const int G = a.group, H = a.n_heads, NS = a.n_splits;
-    const T *pool = static_cast<const T *>(a.pool);
+    const KV *pool = static_cast<const KV *>(a.pool);
     const int64_t head_elems = ((int64_t)1 << a.block_shift) * D; /* one kv head in one half-block */
     const int64_t half_elems = head_elems * a.n_kv_heads;          /* the K (or V) half of a block */
     const int32_t *bt = a.block_tables + (int64_t)s * a.max_blocks;
@@ -161,14 +188,14 @@ __global__ void __launch_bounds__(kThreads, GM == 1 ? 3 : 1) rows_kernel(AttPara
             }
         }
 
-        uint4 kr[NP], vr[NP];
+        typename C::type kr[NP], vr[NP];
         auto fetch = [&](int k0) {
 #pragma unroll
             for (int i = 0; i < NP; i++) {
-                const T *src = pool + (int64_t)blk[i] * 2 * half_elems + g * head_elems +
-                               (int64_t)(key_at(k0, i, kb, ke) & slot_mask) * D + c * 8;
-                kr[i] = ld_stream(src);
-                vr[i] = ld_stream(src + half_elems);
+                const KV *src = pool + (int64_t)blk[i] * 2 * half_elems + g * head_elems +
+                                (int64_t)(key_at(k0, i, kb, ke) & slot_mask) * D + c * 8;
+                kr[i] = C::load(src);
+                vr[i] = C::load(src + half_elems);
             }
         };
         float m[GM], l[GM], o[GM][8];
@@ -182,7 +209,7 @@ __global__ void __launch_bounds__(kThreads, GM == 1 ? 3 : 1) rows_kernel(AttPara
         blocks(kb, kb, ke);
         fetch(kb);
         for (int k0 = kb; k0 < ke; k0 += KT) {
-            uint4 kc[NP], vc[NP];
+            typename C::type kc[NP], vc[NP];
 #pragma unroll
             for (int i = 0; i < NP; i++) {
                 kc[i] = kr[i];
@@ -198,7 +225,7 @@ __global__ void __launch_bounds__(kThreads, GM == 1 ? 3 : 1) rows_kernel(AttPara
 #pragma unroll
             for (int i = 0; i < NP; i++) {
                 float kf[8];
-                unpack8<T>(kc[i], kf);
+                C::widen(kc[i], kf);
 #pragma unroll
                 for (int r = 0; r < GM; r++) {
                     float d = 0.0f;
@@ -240,7 +267,7 @@ __global__ void __launch_bounds__(kThreads, GM == 1 ? 3 : 1) rows_kernel(AttPara
 #pragma unroll
             for (int i = 0; i < NP; i++) {
                 float vf[8];
-                unpack8<T>(vc[i], vf);
+                C::widen(vc[i], vf);
 #pragma unroll
                 for (int r = 0; r < GM; r++)
 #pragma unroll
@@ -311,27 +338,36 @@ __global__ void __launch_bounds__(kThreads, GM == 1 ? 3 : 1) rows_kernel(AttPara
 }
 
 /* Launches the kernel, or (occ not NULL) only sets *occ to its resident blocks per SM. */
-template <typename T, int D, int GM, int NP> cudaError_t launch(const AttParams &a, int n_seqs, cudaStream_t st, int *occ)
+template <typename T, typename KV, int D, int GM, int NP> cudaError_t launch(const AttParams &a, int n_seqs, cudaStream_t st, int *occ)
 {
-    if (occ) return cudaOccupancyMaxActiveBlocksPerMultiprocessor(occ, rows_kernel<T, D, GM, NP>, kThreads, 0);
-    return pdl_launch(rows_kernel<T, D, GM, NP>, dim3((unsigned)a.n_splits, (unsigned)a.n_kv_heads, (unsigned)n_seqs),
+    if (occ) return cudaOccupancyMaxActiveBlocksPerMultiprocessor(occ, rows_kernel<T, KV, D, GM, NP>, kThreads, 0);
+    return pdl_launch(rows_kernel<T, KV, D, GM, NP>, dim3((unsigned)a.n_splits, (unsigned)a.n_kv_heads, (unsigned)n_seqs),
                       dim3(kThreads), 0, st, a);
 }
 
 /* Rows a lane holds (the group rounded up to 1, 2, 4, 8) and passes a tile:
- * 16 loads in flight per lane for small groups, 8 for large (registers). */
-template <typename T, int D> cudaError_t launch_d(const AttParams &a, int n_seqs, cudaStream_t st, int *occ)
+ * 16 loads in flight per lane for small groups, 8 for large (registers);
+ * twice the passes for fp8, whose loads are half the bytes. */
+template <typename T, typename KV, int D> cudaError_t launch_d(const AttParams &a, int n_seqs, cudaStream_t st, int *occ)
 {
-    if (a.group <= 1) return launch<T, D, 1, 8>(a, n_seqs, st, occ);
-    if (a.group <= 2) return launch<T, D, 2, 8>(a, n_seqs, st, occ);
-    if (a.group <= 4) return launch<T, D, 4, 4>(a, n_seqs, st, occ);
-    return launch<T, D, 8, 4>(a, n_seqs, st, occ);
+    constexpr bool F8 = std::is_same<KV, kv_fp8>::value;
+    if (a.group <= 1) return launch<T, KV, D, 1, F8 ? 12 : 8>(a, n_seqs, st, occ);
+    if (a.group <= 2) return launch<T, KV, D, 2, F8 ? 16 : 8>(a, n_seqs, st, occ);
+    if (a.group <= 4) return launch<T, KV, D, 4, 4>(a, n_seqs, st, occ);
+    return launch<T, KV, D, 8, 4>(a, n_seqs, st, occ);
 }
 
-cudaError_t dispatch(const AttParams &a, loom_dtype act, int head_dim, int n_seqs, cudaStream_t st, int *occ)
+template <typename T> cudaError_t dispatch_kv(const AttParams &a, bool f8, int head_dim, int n_seqs, cudaStream_t st, int *occ)
 {
-    if (act == LOOM_F16) return head_dim == 64 ? launch_d<__half, 64>(a, n_seqs, st, occ) : launch_d<__half, 128>(a, n_seqs, st, occ);
-    return head_dim == 64 ? launch_d<__nv_bfloat16, 64>(a, n_seqs, st, occ) : launch_d<__nv_bfloat16, 128>(a, n_seqs, st, occ);
+    if (f8) return head_dim == 64 ? launch_d<T, kv_fp8, 64>(a, n_seqs, st, occ) : launch_d<T, kv_fp8, 128>(a, n_seqs, st, occ);
+    return head_dim == 64 ? launch_d<T, T, 64>(a, n_seqs, st, occ) : launch_d<T, T, 128>(a, n_seqs, st, occ);
+}
+
+cudaError_t dispatch(const AttParams &a, loom_dtype act, loom_dtype kv, int head_dim, int n_seqs, cudaStream_t st, int *occ)
+{
+    const bool f8 = kv == LOOM_F8E4M3;
+    if (act == LOOM_F16) return dispatch_kv<__half>(a, f8, head_dim, n_seqs, st, occ);
+    return dispatch_kv<__nv_bfloat16>(a, f8, head_dim, n_seqs, st, occ);
 }
 
 } /* namespace */
@@ -341,28 +377,28 @@ bool att_rows_ok(int group, int head_dim)
     return group >= 1 && group <= ATT_ROWS_MAX_GROUP && (head_dim == 64 || head_dim == 128);
 }
 
-cudaError_t att_rows_launch(const AttParams &a, loom_dtype act, int head_dim, int n_seqs, cudaStream_t st)
+cudaError_t att_rows_launch(const AttParams &a, loom_dtype act, loom_dtype kv, int head_dim, int n_seqs, cudaStream_t st)
 {
     if (!att_rows_ok(a.group, head_dim) || a.n_splits < 1 || (a.n_splits > 1 && (!a.part_o || !a.part_lse)) ||
         (a.min_chunk & 15))
         return cudaErrorInvalidValue;
-    return dispatch(a, act, head_dim, n_seqs, st, nullptr);
+    return dispatch(a, act, kv, head_dim, n_seqs, st, nullptr);
 }
 
-int att_rows_blocks_per_sm(loom_dtype act, int group, int head_dim)
+int att_rows_blocks_per_sm(loom_dtype act, loom_dtype kv, int group, int head_dim)
 {
-    enum { kDevices = 64, kShapes = 2 * 2 * ATT_ROWS_MAX_GROUP };
+    enum { kDevices = 64, kShapes = 2 * 2 * 2 * ATT_ROWS_MAX_GROUP };
     static int cached[kDevices][kShapes];
     if (!att_rows_ok(group, head_dim)) return 1;
     int dev = 0;
     if (cudaGetDevice(&dev) != cudaSuccess || dev < 0) return 1;
-    const int k = ((act == LOOM_F16) * 2 + (head_dim == 128)) * ATT_ROWS_MAX_GROUP + group - 1;
+    const int k = (((kv == LOOM_F8E4M3) * 2 + (act == LOOM_F16)) * 2 + (head_dim == 128)) * ATT_ROWS_MAX_GROUP + group - 1;
     if (dev < kDevices && cached[dev][k]) return cached[dev][k];
     AttParams a;
     memset(&a, 0, sizeof a);
     a.group = group;
     int occ = 0;
-    if (dispatch(a, act, head_dim, 0, nullptr, &occ) != cudaSuccess || occ < 1) {
+    if (dispatch(a, act, kv, head_dim, 0, nullptr, &occ) != cudaSuccess || occ < 1) {
         cudaGetLastError();
         occ = 1;
     }

@@ -21,7 +21,7 @@ bool att_rows_ok(int group, int head_dim);
 
 /* Blocks of the kernel for this shape resident per SM on the current device
  * (at least 1; cached per device). */
-int att_rows_blocks_per_sm(loom_dtype act, int group, int head_dim);
+int att_rows_blocks_per_sm(loom_dtype act, loom_dtype kv, int group, int head_dim);
 
 /* Launches grid (n_splits, n_kv_heads, n_seqs) on st with PDL; reads a's
  * tensors and shape, n_splits with part_o/part_lse, and min_chunk. Each block
@@ -29,8 +29,9 @@ int att_rows_blocks_per_sm(loom_dtype act, int group, int head_dim);
  * group's query heads over its split of the visible keys: splits of equal
  * size, whole multiples of 16 keys and at least min_chunk, the last taking
  * the rest. With n_splits 1 it writes out; else the partials (o normalized,
- * lse; lse -inf and o 0 for a split with no keys) for a reduction. Returns
+ * lse; lse -inf and o 0 for a split with no keys) for a reduction. kv is
+ * the pool's element: act, or LOOM_F8E4M3 (widened exactly). Returns
  * cudaErrorInvalidValue for a shape att_rows_ok refuses. */
-cudaError_t att_rows_launch(const AttParams &a, loom_dtype act, int head_dim, int n_seqs, cudaStream_t st);
+cudaError_t att_rows_launch(const AttParams &a, loom_dtype act, loom_dtype kv, int head_dim, int n_seqs, cudaStream_t st);
 
 #endif

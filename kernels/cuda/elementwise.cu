@@ -11,6 +11,7 @@
 #include <type_traits>
 
 #include "act_convert.cuh"
+#include "kv_fp8.cuh"
 #include "ops_cuda.h"
 #include "pdl.cuh"
 
@@ -69,6 +70,14 @@ __device__ __forceinline__ void store8(__nv_bfloat16 *p, const float *f)
     *reinterpret_cast<uint4 *>(p) = u;
 }
 
+/* 8 fp32 -> 8 FP8 E4M3 (the KV cache's fp8 elements): 8 bytes. */
+__device__ __forceinline__ void store8(kv_fp8 *p, const float *f)
+{
+    *reinterpret_cast<uint2 *>(p) = e4m3x8_from_f32(f);
+}
+__device__ __forceinline__ void store1(kv_fp8 *p, float f) { p->__x = e4m3_from_f32(f); }
+template <typename T> __device__ __forceinline__ void store1(T *p, float f) { p[0] = from_f32<T>(f); }
+
 /* V (8 or 1) consecutive elements at p <-> V floats. */
 template <int V, typename T> __device__ __forceinline__ void loadv(const T *p, float *f)
 {
@@ -78,7 +87,7 @@ template <int V, typename T> __device__ __forceinline__ void loadv(const T *p, f
 template <int V, typename T> __device__ __forceinline__ void storev(T *p, const float *f)
 {
     if constexpr (V == 8) store8(p, f);
-    else p[0] = from_f32<T>(f[0]);
+    else store1(p, f[0]);
 }
 
 bool aligned16(const void *p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
@@ -246,8 +255,8 @@ cudaError_t add_rmsnorm_launch(void *residual, const void *delta, void *out, con
 
 /* Rotates V rotate_half pairs (src[i], src[i + half]) by the angles whose
  * cosines and sines are cs, sn; stores them at dst (which may be src). */
-template <typename TA, int V>
-__device__ __forceinline__ void rotate_chunk(const TA *src, TA *dst, int64_t half, const float *cs, const float *sn)
+template <typename TA, int V, typename TD = TA>
+__device__ __forceinline__ void rotate_chunk(const TA *src, TD *dst, int64_t half, const float *cs, const float *sn)
 {
     float a[V], b[V];
     loadv<V>(src, a);
@@ -321,10 +330,11 @@ cudaError_t rope_launch(void *q, int64_t q_stride, void *k, int64_t k_stride, co
 
 /* grid (n), one token per block, threads as rope_kernel's plus a copy of v:
  * q heads rotate in place; k heads are read from the row and written rotated
- * straight into the token's pool slot, v is copied there. */
-template <typename TA, int V>
+ * straight into the token's pool slot, v is copied there. KV is the pool's
+ * element: TA, or kv_fp8 (the rotated k rounded from fp32 once). */
+template <typename TA, int V, typename KV>
 __global__ void rope_append_kernel(TA *qkv, int64_t stride, const int32_t *pos, const int32_t *slots, int64_t n_heads,
-                                   int64_t n_kv_heads, int64_t head_dim, const float *inv_freq, TA *pool,
+                                   int64_t n_kv_heads, int64_t head_dim, const float *inv_freq, KV *pool,
                                    int64_t tokens_per_block)
 {
     pdl_wait();
@@ -334,7 +344,7 @@ __global__ void rope_append_kernel(TA *qkv, int64_t stride, const int32_t *pos, 
     TA *row = qkv + (int64_t)blockIdx.x * stride;
     const int32_t slot = slots[blockIdx.x];
     const int64_t half_elems = B * head_dim * n_kv_heads;
-    TA *kdst = slot >= 0 ? pool + (slot / B) * 2 * half_elems + (slot % B) * head_dim : nullptr;
+    KV *kdst = slot >= 0 ? pool + (slot / B) * 2 * half_elems + (slot % B) * head_dim : nullptr;
     if (lane < lanes) {
         const float p = (float)pos[blockIdx.x];
         float cs[V], sn[V];
@@ -342,14 +352,13 @@ __global__ void rope_append_kernel(TA *qkv, int64_t stride, const int32_t *pos, 
         for (int i = 0; i < V; i++) sincosf(__fmul_rn(p, inv_freq[c * V + i]), &sn[i], &cs[i]);
         for (int64_t h = lane; h < n_heads + n_kv_heads; h += lanes) {
             const TA *src = row + h * head_dim + (int64_t)c * V; /* k heads follow the q heads in the row */
-            TA *dst = h < n_heads ? row + h * head_dim + (int64_t)c * V
-                                  : (kdst ? kdst + (h - n_heads) * B * head_dim + (int64_t)c * V : nullptr);
-            if (dst) rotate_chunk<TA, V>(src, dst, half, cs, sn);
+            if (h < n_heads) rotate_chunk<TA, V>(src, row + h * head_dim + (int64_t)c * V, half, cs, sn);
+            else if (kdst) rotate_chunk<TA, V, KV>(src, kdst + (h - n_heads) * B * head_dim + (int64_t)c * V, half, cs, sn);
         }
     }
     if (!kdst) return;
     const TA *v = row + (n_heads + n_kv_heads) * head_dim;
-    TA *vdst = kdst + half_elems;
+    KV *vdst = kdst + half_elems;
     for (int64_t e = (int64_t)threadIdx.x * V; e < n_kv_heads * head_dim; e += (int64_t)blockDim.x * V) {
         const int64_t h = e / head_dim, d = e % head_dim; /* V divides head_dim */
         float f[V];
@@ -358,7 +367,7 @@ __global__ void rope_append_kernel(TA *qkv, int64_t stride, const int32_t *pos, 
     }
 }
 
-template <typename TA>
+template <typename TA, typename KV>
 cudaError_t rope_append_launch(void *qkv, int64_t stride, const int32_t *pos, const int32_t *slots, int64_t n, int64_t n_heads,
                                int64_t n_kv_heads, int64_t head_dim, const float *inv_freq, void *pool, int64_t B, cudaStream_t s)
 {
@@ -366,11 +375,12 @@ cudaError_t rope_append_launch(void *qkv, int64_t stride, const int32_t *pos, co
     const bool vec = half % 8 == 0 && aligned16(qkv) && aligned16(pool) && (stride * es) % 16 == 0;
     const int threads = rope_threads(vec ? half / 8 : half, n_heads + n_kv_heads);
     if (!threads) return cudaErrorInvalidValue;
-    TA *q = static_cast<TA *>(qkv), *pl = static_cast<TA *>(pool);
+    TA *q = static_cast<TA *>(qkv);
+    KV *pl = static_cast<KV *>(pool);
     if (vec)
-        return pdl_launch(rope_append_kernel<TA, 8>, dim3((unsigned)n), dim3(threads), 0, s, q, stride, pos, slots, n_heads, n_kv_heads,
+        return pdl_launch(rope_append_kernel<TA, 8, KV>, dim3((unsigned)n), dim3(threads), 0, s, q, stride, pos, slots, n_heads, n_kv_heads,
                           head_dim, inv_freq, pl, B);
-    return pdl_launch(rope_append_kernel<TA, 1>, dim3((unsigned)n), dim3(threads), 0, s, q, stride, pos, slots, n_heads, n_kv_heads,
+    return pdl_launch(rope_append_kernel<TA, 1, KV>, dim3((unsigned)n), dim3(threads), 0, s, q, stride, pos, slots, n_heads, n_kv_heads,
                       head_dim, inv_freq, pl, B);
 }
 
@@ -517,25 +527,26 @@ extern "C" int loom_cuda_rope(void *q, int64_t q_stride, void *k, int64_t k_stri
     }
 }
 
-extern "C" int loom_cuda_rope_kv_append(void *qkv, int64_t stride, loom_dtype act, const int32_t *pos, const int32_t *slot_mapping,
-                                        int64_t n, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, const float *inv_freq,
-                                        void *pool, int64_t tokens_per_block, void *stream)
+extern "C" int loom_cuda_rope_kv_append(void *qkv, int64_t stride, loom_dtype act, loom_dtype kv, const int32_t *pos,
+                                        const int32_t *slot_mapping, int64_t n, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim,
+                                        const float *inv_freq, void *pool, int64_t tokens_per_block, void *stream)
 {
     if (n < 0 || n > 0x7fffffff || n_heads < 1 || n_kv_heads < 1 || head_dim <= 0 || head_dim % 2 || tokens_per_block < 1)
         return (int)cudaErrorInvalidValue;
+    if (kv != act && kv != LOOM_F8E4M3) return (int)cudaErrorInvalidValue;
     if (n == 0) return (int)cudaSuccess;
     if (!qkv || !pos || !slot_mapping || !inv_freq || !pool || stride < (n_heads + 2 * n_kv_heads) * head_dim)
         return (int)cudaErrorInvalidValue;
     cudaStream_t s = static_cast<cudaStream_t>(stream);
+    const bool f8 = kv == LOOM_F8E4M3;
+#define RA(TA, KV) rope_append_launch<TA, KV>(qkv, stride, pos, slot_mapping, n, n_heads, n_kv_heads, head_dim, inv_freq, pool, \
+                                              tokens_per_block, s)
     switch (act) {
-    case LOOM_F16:
-        return (int)rope_append_launch<__half>(qkv, stride, pos, slot_mapping, n, n_heads, n_kv_heads, head_dim, inv_freq, pool,
-                                               tokens_per_block, s);
-    case LOOM_BF16:
-        return (int)rope_append_launch<__nv_bfloat16>(qkv, stride, pos, slot_mapping, n, n_heads, n_kv_heads, head_dim, inv_freq, pool,
-                                                      tokens_per_block, s);
+    case LOOM_F16: return (int)(f8 ? RA(__half, kv_fp8) : RA(__half, __half));
+    case LOOM_BF16: return (int)(f8 ? RA(__nv_bfloat16, kv_fp8) : RA(__nv_bfloat16, __nv_bfloat16));
     default: return (int)cudaErrorInvalidValue;
     }
+#undef RA
 }
 
 extern "C" int loom_cuda_silu_mul(void *out, const void *gate_up, loom_dtype act, int64_t n, int64_t inter,

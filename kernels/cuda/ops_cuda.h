@@ -9,7 +9,8 @@
  * Paged KV layout (shared with kv/'s pool): for each layer a pool of blocks;
  * block b holds K then V for `tokens_per_block` (B) positions of every kv head:
  *   pool[b][0 = K | 1 = V][kv_head][slot in block][head_dim]
- * so one block is 2 * n_kv_heads * B * head_dim elements (act dtype). A
+ * so one block is 2 * n_kv_heads * B * head_dim elements (act dtype, or FP8
+ * E4M3: one byte each, when the kv argument says so). A
  * sequence's block table lists its blocks in position order: position p lives
  * in block table[p / B] at slot p % B. The same table serves every layer. */
 #ifndef LOOM_KERNELS_CUDA_OPS_CUDA_H
@@ -62,8 +63,9 @@ int loom_cuda_rope(void *q, int64_t q_stride, void *k, int64_t k_stride, loom_dt
  * holds [q (n_heads * head_dim) | k (n_kv_heads * head_dim) | v (same)] per
  * token. q is rotated in place (as loom_cuda_rope); k is rotated and written,
  * with v, into the paged pool at slot_mapping[t] (as loom_cuda_kv_append; -1
- * skips the token's append). k in qkv is left as it was. */
-int loom_cuda_rope_kv_append(void *qkv, int64_t stride, loom_dtype act, const int32_t *pos, const int32_t *slot_mapping, int64_t n,
+ * skips the token's append). k in qkv is left as it was. kv: the pool's
+ * element, act or LOOM_F8E4M3 (k rounded to E4M3 from its fp32 rotation). */
+int loom_cuda_rope_kv_append(void *qkv, int64_t stride, loom_dtype act, loom_dtype kv, const int32_t *pos, const int32_t *slot_mapping, int64_t n,
                              int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, const float *inv_freq, void *pool,
                              int64_t tokens_per_block, void *stream);
 
@@ -286,11 +288,13 @@ int loom_cuda_l2_flush(const void *buf, size_t bytes, void *stream);
 
 /* ---- attention over the paged KV cache (kernels/cuda/attention.cu) ---- */
 
-/* Writes k, v (n, n_kv_heads, head_dim; rows k_stride / v_stride elements
- * apart) into the layer's pool at slot_mapping[t] = block * B + slot (one per
- * token; -1 skips the token). */
+/* Writes k, v (n, n_kv_heads, head_dim act; rows k_stride / v_stride
+ * elements apart) into the layer's pool at slot_mapping[t] = block * B + slot
+ * (one per token; -1 skips the token). kv: the pool's element type, act
+ * (copied) or LOOM_F8E4M3 (rounded to nearest even, saturating at +-448, as
+ * loom_f32_to_e4m3). Anything else: cudaErrorInvalidValue. */
 int loom_cuda_kv_append(void *pool, const void *k, int64_t k_stride, const void *v, int64_t v_stride,
-                        loom_dtype act, const int32_t *slot_mapping, int64_t n, int64_t n_kv_heads,
+                        loom_dtype act, loom_dtype kv, const int32_t *slot_mapping, int64_t n, int64_t n_kv_heads,
                         int64_t head_dim, int64_t tokens_per_block, void *stream);
 
 /* Causal (optionally sliding-window) attention for a batch of sequences whose
@@ -319,8 +323,9 @@ int loom_cuda_kv_append(void *pool, const void *k, int64_t k_stride, const void 
  * loom_cuda_attention_scratch_bytes(n_seqs, n_heads, head_dim, max_ctx) for
  * decode (the most a launch on the current device uses); NULL turns splitting
  * off. tokens_per_block must be a power of two; out and pool 16-byte aligned;
- * max_ctx >= every ctx_len (it sizes the split). */
-int loom_cuda_attention(void *out, const void *q, int64_t q_stride, const void *pool, loom_dtype act,
+ * max_ctx >= every ctx_len (it sizes the split). kv: the pool's element type,
+ * act or LOOM_F8E4M3 (widened exactly, unit scale); q and out are act. */
+int loom_cuda_attention(void *out, const void *q, int64_t q_stride, const void *pool, loom_dtype act, loom_dtype kv,
                         const int32_t *q_start, const int32_t *ctx_len, const int32_t *block_tables,
                         int64_t max_blocks, int64_t n_seqs, int64_t n_tokens, int64_t max_ctx,
                         int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, int64_t tokens_per_block,
@@ -331,7 +336,7 @@ size_t loom_cuda_attention_scratch_bytes(int64_t n_seqs, int64_t n_heads, int64_
 /* The same attention for any head_dim <= 256 (attention_generic.cu): one warp
  * per (token, head), no tensor cores; for small models the tuned kernels do
  * not cover. */
-int loom_cuda_attention_generic(void *out, const void *q, int64_t q_stride, const void *pool, loom_dtype act,
+int loom_cuda_attention_generic(void *out, const void *q, int64_t q_stride, const void *pool, loom_dtype act, loom_dtype kv,
                                 const int32_t *q_start, const int32_t *ctx_len, const int32_t *block_tables,
                                 int64_t max_blocks, int64_t n_seqs, int64_t n_tokens, int64_t n_heads, int64_t n_kv_heads,
                                 int64_t head_dim, int64_t tokens_per_block, int64_t window, float scale, void *stream);

@@ -185,6 +185,19 @@ def device_flag():
     expect_error(run("run", "--model", STORIES, "--prompt-ids", "1", "--max-new-tokens", "3", "--device", "tpu"), "--device", usage=True)
 
 
+@case
+def kv_cache_dtype():
+    # auto is the default (fp32 on the CPU); fp8 rounds every cached K/V element through E4M3,
+    # which changes the greedy path of the demo model somewhere in 199 tokens but not its start
+    base = ("run", "--model", STORIES, "--prompt-ids", "1", "--max-new-tokens", "199", "--temperature", "0")
+    exp = json.load(open(os.path.join(STORIES, "expected_greedy.json")))["output_ids"]
+    assert run_json(*base, "--kv-cache-dtype", "auto")["output_ids"] == exp
+    fp8 = run_json(*base, "--kv-cache-dtype", "fp8")["output_ids"]
+    assert len(fp8) == len(exp) and fp8[:20] == exp[:20] and fp8 != exp, fp8
+    p = run(*base, "--kv-cache-dtype", "fp8", "--verbose", check=True)
+    assert "fp32 holding fp8 values" in p.stderr, p.stderr
+
+
 # --- bad input ----------------------------------------------------------------
 
 @case
@@ -365,6 +378,32 @@ def bad_convert_bench_serve_flags():
     p = run("bench", "--dummy-weights", "llama-70b", "--tp", "2", "--pp", "2")
     expect_error(p)
     assert "mpirun -n 4" in p.stderr or "without CUDA" in p.stderr, p.stderr
+
+
+@case
+def bad_kv_cache_dtype():
+    run_args = ("run", "--model", STORIES, "--prompt-ids", "1", "--max-new-tokens", "3")
+    bench_args = ("bench", "--dummy-weights", "llama-7b", "--batch-size", "1", "--input-output-len", "8,2")
+    for v in ("fp4", "FP8", "", "fp32", "e4m3"):
+        expect_error(run(*run_args, "--kv-cache-dtype", v), "--kv-cache-dtype must be auto, fp16, bf16 or fp8", usage=True)
+        expect_error(run("serve", "--model", STORIES, "--kv-cache-dtype", v), "--kv-cache-dtype must be", usage=True)
+        expect_error(run(*bench_args, "--kv-cache-dtype", v), "--kv-cache-dtype must be", usage=True)
+    # fp16/bf16 must be the activation dtype: the KV cache holds activations or fp8
+    for v in ("fp16", "bf16"):
+        expect_error(run(*run_args, "--kv-cache-dtype", v), f"--kv-cache-dtype {v} needs {v} activations",
+                     "the CPU backend computes in fp32", usage=True)
+        expect_error(run("serve", "--model", STORIES, "--kv-cache-dtype", v), "the CPU backend computes in fp32", usage=True)
+    expect_error(run(*run_args, "--device", "cuda", "--kv-cache-dtype", "bf16"), "--device cuda computes in fp16", usage=True)
+    expect_error(run("serve", "--model", STORIES, "--device", "cuda", "--kv-cache-dtype", "bf16"), "--device cuda computes in fp16",
+                 usage=True)
+    expect_error(run(*bench_args, "--kv-cache-dtype", "bf16"),
+                 "--kv-cache-dtype bf16 needs --dtype bf16: the KV cache holds activations or fp8", usage=True)
+    expect_error(run(*bench_args, "--kv-cache-dtype", "fp16", "--dtype", "bf16"), "--kv-cache-dtype fp16 needs --dtype fp16", usage=True)
+    # the flag needs a value
+    expect_error(run(*run_args, "--kv-cache-dtype"), "needs a value", usage=True)
+    # accepted combinations get past the flags (here: to the lack of a GPU)
+    for extra in (("--kv-cache-dtype", "fp8"), ("--dtype", "bf16", "--kv-cache-dtype", "bf16"), ("--kv-cache-dtype", "auto")):
+        expect_error(run(*bench_args, *extra), "CUDA")
 
 
 def main():

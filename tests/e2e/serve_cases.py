@@ -201,6 +201,23 @@ def stories_all_layouts():
 
 
 @case
+def kv_cache_fp8_all_layouts():
+    """--kv-cache-dtype fp8 reaches every worker rank: each layout gives the
+    tokens of `loom run --kv-cache-dtype fp8` (which part from the fp32 ones)."""
+    ref = subprocess.run([LOOM, "run", "--model", STORIES, "--prompt-ids", "1", "--max-new-tokens", "199", "--kv-cache-dtype", "fp8",
+                          "--json"], capture_output=True, text=True, env=ENV, check=True)
+    want = json.loads(ref.stdout)["output_ids"]
+    assert want != json.load(open(os.path.join(STORIES, "expected_greedy.json")))["output_ids"], "fp8 changed nothing"
+    for tp, pp in ((1, 1), (2, 1), (1, 2), (2, 2)):
+        with Cluster(STORIES, tp, pp, ("--kv-cache-dtype", "fp8")) as c:
+            out = c.query("--prompt-ids", "1", "--max-new-tokens", "199")
+            assert out["output_ids"] == want, f"tp={tp} pp={pp}: got {out['output_ids']}, want {want}"
+            n = c.output().count("K/V rounded to fp8")
+            assert n == tp * pp, f"tp={tp} pp={pp}: {n} workers say they round to fp8\n{c.output()}"
+            print(f"stories260K tp={tp} pp={pp} fp8 KV: 199 tokens identical to loom run")
+
+
+@case
 def batch_equals_solo():
     """Several concurrent requests (static batch, PP micro-batches) give the same
     tokens as each alone; sampled ones too (the seed travels with the request)."""

@@ -3,8 +3,12 @@
  * block tables, loom_cuda_attention runs (prefill, chunked prefill, decode
  * with multi-block auto/off/on), and the output is compared with
  * loom_ops_cpu()->attention over the same rounded inputs gathered into
- * contiguous rows. Then a timing printout (decode and prefill) whose table
- * comes last. Exits 77 (meson "skipped") when no CUDA device is present. */
+ * contiguous rows. The same cases with an FP8 (E4M3) pool: the append
+ * must store exactly util/dtype.c's loom_f32_to_e4m3 of each element (the
+ * CPU oracle's rounding, bitwise), and the reference attends the same
+ * rounded K/V, so the tolerances stay the activations'. Some cases run
+ * loom_cuda_attention_generic (any head_dim). Then a timing printout (decode
+ * and prefill, fp16 and fp8 pools) whose table comes last. Exits 77 (meson "skipped") when no CUDA device is present. */
 #include <cuda_runtime_api.h>
 #include <math.h>
 #include <stdint.h>
@@ -54,13 +58,17 @@ struct att_case {
     int window, multi, lay;
     const char *what;
     int twice; /* run a forced split first on the same scratch, then this case's call */
+    int f8;    /* the pool holds FP8 E4M3 */
+    int gen;   /* loom_cuda_attention_generic instead of loom_cuda_attention */
 };
+
+static int g_f8; /* one_seq and batch make fp8-pool cases */
 
 static void run_case(const struct att_case *c)
 {
-    const loom_dtype act = c->act;
+    const loom_dtype act = c->act, kvdt = c->f8 ? LOOM_F8E4M3 : act;
     const int D = c->D, H = c->H, KVH = c->KVH, B = c->B, ns = c->n_seqs;
-    const size_t es = 2;
+    const size_t es = 2, kes = c->f8 ? 1 : 2;
     int64_t n_tok = 0, all_tok = 0, max_ctx = 0, max_blocks = 0, used_blocks = 0;
     for (int s = 0; s < ns; s++) {
         n_tok += c->n_new[s];
@@ -104,6 +112,10 @@ static void run_case(const struct att_case *c)
             for (int64_t i = 0; i < (int64_t)KVH * D; i++) {
                 kf[row * KVH * D + i] = store(h_kv, act, row * kv_row + k_off + i, rnd());
                 vf[row * KVH * D + i] = store(h_kv, act, row * kv_row + v_off + i, rnd());
+                if (c->f8) { /* what the pool holds: the oracle's rounding */
+                    kf[row * KVH * D + i] = loom_round_e4m3(kf[row * KVH * D + i]);
+                    vf[row * KVH * D + i] = loom_round_e4m3(vf[row * KVH * D + i]);
+                }
             }
         }
     }
@@ -126,7 +138,7 @@ static void run_case(const struct att_case *c)
 
     /* Device. */
     const size_t block_elems = 2 * (size_t)KVH * B * D;
-    const size_t pool_bytes = es * block_elems * n_pool_blocks;
+    const size_t pool_bytes = kes * block_elems * n_pool_blocks;
     void *d_pool, *d_kv, *d_q, *d_out, *d_scratch = NULL;
     int32_t *d_slots, *d_qs, *d_ctx, *d_bt;
     CUDA_CHECK(cudaMalloc(&d_pool, pool_bytes));
@@ -150,22 +162,27 @@ static void run_case(const struct att_case *c)
     CUDA_CHECK(cudaMemcpy(d_bt, bt, sizeof(int32_t) * ns * max_blocks, cudaMemcpyHostToDevice));
 
     const uint16_t *dk = (const uint16_t *)d_kv + k_off, *dv = (const uint16_t *)d_kv + v_off;
-    OP_CHECK(loom_cuda_kv_append(d_pool, dk, kv_row, dv, kv_row, act, d_slots, n_app, KVH, D, B, NULL));
+    OP_CHECK(loom_cuda_kv_append(d_pool, dk, kv_row, dv, kv_row, act, kvdt, d_slots, n_app, KVH, D, B, NULL));
     const float scale = 1.0f / sqrtf((float)D);
     if (c->twice) { /* a forced split first: what it leaves in the scratch must not disturb the next call */
-        OP_CHECK(loom_cuda_attention(d_out, (const uint16_t *)d_q + q_off, q_stride, d_pool, act, d_qs, d_ctx, d_bt,
+        OP_CHECK(loom_cuda_attention(d_out, (const uint16_t *)d_q + q_off, q_stride, d_pool, act, kvdt, d_qs, d_ctx, d_bt,
                                      max_blocks, ns, n_tok, max_ctx, H, KVH, D, B, c->window, scale, 1,
                                      d_scratch, scratch_bytes, NULL));
         CUDA_CHECK(cudaMemset(d_out, 0xff, es * n_tok * H * D));
     }
-    OP_CHECK(loom_cuda_attention(d_out, (const uint16_t *)d_q + q_off, q_stride, d_pool, act, d_qs, d_ctx, d_bt,
-                                 max_blocks, ns, n_tok, max_ctx, H, KVH, D, B, c->window, scale, c->multi,
-                                 d_scratch, scratch_bytes, NULL));
+    if (c->gen)
+        OP_CHECK(loom_cuda_attention_generic(d_out, (const uint16_t *)d_q + q_off, q_stride, d_pool, act, kvdt, d_qs, d_ctx, d_bt,
+                                             max_blocks, ns, n_tok, H, KVH, D, B, c->window, scale, NULL));
+    else
+        OP_CHECK(loom_cuda_attention(d_out, (const uint16_t *)d_q + q_off, q_stride, d_pool, act, kvdt, d_qs, d_ctx, d_bt,
+                                     max_blocks, ns, n_tok, max_ctx, H, KVH, D, B, c->window, scale, c->multi,
+                                     d_scratch, scratch_bytes, NULL));
     CUDA_CHECK(cudaGetLastError());
     CUDA_CHECK(cudaDeviceSynchronize());
 
     /* The pool holds exactly what was appended, where the tables say. */
     uint16_t *h_pool = xmalloc(pool_bytes);
+    const uint8_t *h_pool8 = (const uint8_t *)h_pool;
     CUDA_CHECK(cudaMemcpy(h_pool, d_pool, pool_bytes, cudaMemcpyDeviceToHost));
     int64_t pool_bad = 0;
     for (int64_t r = 0; r < all_tok; r++) {
@@ -174,8 +191,14 @@ static void run_case(const struct att_case *c)
             for (int d = 0; d < D; d++) {
                 const size_t kpos = blk * block_elems + ((size_t)h * B + sl) * D + d;
                 const size_t vpos = kpos + (size_t)KVH * B * D;
-                pool_bad += h_pool[kpos] != h_kv[r * kv_row + k_off + (int64_t)h * D + d];
-                pool_bad += h_pool[vpos] != h_kv[r * kv_row + v_off + (int64_t)h * D + d];
+                const int64_t ki = r * kv_row + k_off + (int64_t)h * D + d, vi = r * kv_row + v_off + (int64_t)h * D + d;
+                if (c->f8) {
+                    pool_bad += h_pool8[kpos] != loom_f32_to_e4m3(load(h_kv, act, ki));
+                    pool_bad += h_pool8[vpos] != loom_f32_to_e4m3(load(h_kv, act, vi));
+                } else {
+                    pool_bad += h_pool[kpos] != h_kv[ki];
+                    pool_bad += h_pool[vpos] != h_kv[vi];
+                }
             }
     }
 
@@ -210,8 +233,9 @@ static void run_case(const struct att_case *c)
     failures += !ok;
     char mb[8];
     snprintf(mb, sizeof mb, "%s", c->multi < 0 ? "auto" : c->multi ? "on" : "off");
-    printf("%s %-8s %s D=%d H=%d/%d B=%d seqs=%d tok=%lld max_ctx=%lld win=%d mb=%s lay=%d rel_l2 %.2e (tol %.0e)",
-           ok ? "ok  " : "FAIL", c->what, loom_dtype_name(act), D, H, KVH, B, ns, (long long)n_tok,
+    printf("%s %-8s %s kv=%s%s D=%d H=%d/%d B=%d seqs=%d tok=%lld max_ctx=%lld win=%d mb=%s lay=%d rel_l2 %.2e (tol %.0e)",
+           ok ? "ok  " : "FAIL", c->what, loom_dtype_name(act), loom_dtype_name(kvdt), c->gen ? " generic" : "", D, H, KVH, B, ns,
+           (long long)n_tok,
            (long long)max_ctx, c->window, mb, c->lay, err, tol);
     if (nan) printf(" non-finite %lld", (long long)nan);
     if (pool_bad) printf(" pool mismatches %lld", (long long)pool_bad);
@@ -228,7 +252,7 @@ static void run_case(const struct att_case *c)
 static void one_seq(loom_dtype act, int D, int H, int KVH, int B, int n_new, int ctx, int window, int multi,
                     int lay, const char *what)
 {
-    struct att_case c = {act, D, H, KVH, B, 1, &n_new, &ctx, window, multi, lay, what, 0};
+    struct att_case c = {act, D, H, KVH, B, 1, &n_new, &ctx, window, multi, lay, what, 0, g_f8, 0};
     run_case(&c);
 }
 
@@ -244,7 +268,7 @@ static void batch(loom_dtype act, int D, int H, int KVH, int B, int kind, int ma
         n_new[s] = kind == 0 ? ctx[s] : kind == 1 ? rnd_int(1, ctx[s] < 40 ? ctx[s] : 40) : 1;
     }
     struct att_case c = {act, D, H, KVH, B, NS, n_new, ctx, window, multi, lay,
-                         kind == 0 ? "prefill" : kind == 1 ? "chunked" : "decode", 0};
+                         kind == 0 ? "prefill" : kind == 1 ? "chunked" : "decode", 0, g_f8, 0};
     run_case(&c);
 }
 
@@ -266,15 +290,15 @@ static void decode_cases(void)
         }
     const int nn[] = {2, 0, 1}, cx[] = {50, 10, 300};
     for (int mb = -1; mb <= 1; mb++) {
-        struct att_case c = {LOOM_F16, 128, 32, 32, 16, 3, nn, cx, 0, mb, 0, "uneven", 0};
+        struct att_case c = {LOOM_F16, 128, 32, 32, 16, 3, nn, cx, 0, mb, 0, "uneven", 0, 0, 0};
         run_case(&c);
-        struct att_case c7 = {LOOM_BF16, 64, 14, 2, 16, 3, nn, cx, 40, mb, 2, "uneven", 0};
+        struct att_case c7 = {LOOM_BF16, 64, 14, 2, 16, 3, nn, cx, 40, mb, 2, "uneven", 0, 0, 0};
         run_case(&c7);
     }
     const int one = 1, c1[] = {384}, c2[] = {2304}, c3[] = {77};
-    struct att_case t1 = {LOOM_F16, 128, 32, 32, 16, 1, &one, c1, 0, -1, 0, "twice", 1};
-    struct att_case t2 = {LOOM_F16, 128, 32, 32, 16, 1, &one, c2, 0, -1, 1, "twice", 1};
-    struct att_case t3 = {LOOM_BF16, 128, 28, 4, 16, 1, &one, c3, 0, 1, 0, "twice", 1};
+    struct att_case t1 = {LOOM_F16, 128, 32, 32, 16, 1, &one, c1, 0, -1, 0, "twice", 1, 0, 0};
+    struct att_case t2 = {LOOM_F16, 128, 32, 32, 16, 1, &one, c2, 0, -1, 1, "twice", 1, 0, 0};
+    struct att_case t3 = {LOOM_BF16, 128, 28, 4, 16, 1, &one, c3, 0, 1, 0, "twice", 1, 0, 0};
     run_case(&t1);
     run_case(&t2);
     run_case(&t3);
@@ -297,6 +321,53 @@ static void split_cases(void)
     batch(LOOM_F16, 128, 8, 2, 16, 1, 2100, 0, 1, 0);
     batch(LOOM_BF16, 128, 8, 8, 64, 1, 1500, 0, 1, 1);
     batch(LOOM_F16, 64, 16, 4, 32, 1, 2100, 500, 1, 2);
+}
+
+/* The FP8 pool through every kernel: flash prefill tiles (GQA 1, 4, 8; head
+ * dims 64 and 128; 1, 17 and 2049 tokens; windows), chunked prefill with its
+ * key split, the small-group decode kernel (groups 1, 2, 7, 8; contexts 1,
+ * 2, 2049; multi-block auto, off, on), the tile decode of group 16, batches
+ * of 37 sequences, unaligned rows (the append's scalar path), bf16, and the
+ * generic kernel (head_dim 48 and 128). */
+static void fp8_cases(void)
+{
+    g_f8 = 1;
+    const loom_dtype dts[] = {LOOM_F16, LOOM_BF16};
+    const int hk[][2] = {{8, 8}, {8, 2}, {16, 2}, {14, 2}, {32, 2}}; /* groups 1, 4, 8, 7, 16 */
+    for (int i = 0; i < 5; i++)
+        for (int di = 0; di < 2; di++) {
+            const loom_dtype a = dts[(i + di) & 1];
+            const int D = di ? 64 : 128, H = hk[i][0], KVH = hk[i][1], B = 8 << ((i + di) % 4);
+            one_seq(a, D, H, KVH, B, 1, 1, 0, -1, i % 3, "prefill");
+            one_seq(a, D, H, KVH, B, 17, 17, 0, -1, (i + 1) % 3, "prefill");
+            if (H <= 16) one_seq(a, D, H, KVH, B, 2049, 2049, 0, -1, (i + 2) % 3, "prefill");
+            one_seq(a, D, H, KVH, B, 2049, 2049, 300, -1, i % 3, "prefill");
+            for (int mb = -1; mb <= 1; mb++) one_seq(a, D, H, KVH, B, 32, 1056, 0, mb, (i + 1) % 3, "chunked");
+            for (int mb = -1; mb <= 1; mb++) {
+                one_seq(a, D, H, KVH, B, 1, 1, 0, mb, (i + 2) % 3, "decode");
+                one_seq(a, D, H, KVH, B, 1, 2, 0, mb, i % 3, "decode");
+                one_seq(a, D, H, KVH, B, 1, 2049, 0, mb, (i + 1) % 3, "decode");
+            }
+            one_seq(a, D, H, KVH, B, 1, 5000, 700, 1, (i + 2) % 3, "decode");
+        }
+    batch(LOOM_F16, 128, 32, 32, 16, 2, 3000, 0, -1, 0); /* the Llama-2-7B shape's decode batch */
+    batch(LOOM_BF16, 128, 32, 8, 64, 2, 3000, 0, 1, 1);
+    batch(LOOM_F16, 64, 16, 2, 32, 2, 700, 90, 0, 2);
+    batch(LOOM_F16, 128, 8, 2, 16, 0, 300, 0, -1, 1);
+    batch(LOOM_BF16, 64, 8, 8, 32, 1, 2100, 500, -1, 0);
+    batch(LOOM_F16, 128, 32, 2, 16, 2, 1000, 0, -1, 2);  /* group 16: the tile decode */
+    const int nn[] = {2, 0, 1}, cx[] = {50, 10, 300}, one = 1, c1[] = {2049}, n17[] = {17};
+    for (int mb = -1; mb <= 1; mb++) {
+        struct att_case u = {LOOM_F16, 128, 32, 32, 16, 3, nn, cx, 0, mb, 0, "uneven", 0, 1, 0};
+        run_case(&u);
+    }
+    struct att_case g1 = {LOOM_F16, 48, 6, 2, 16, 3, nn, cx, 0, -1, 0, "generic", 0, 1, 1};
+    struct att_case g2 = {LOOM_BF16, 128, 8, 2, 32, 1, &one, c1, 0, -1, 2, "generic", 0, 1, 1};
+    struct att_case g3 = {LOOM_F16, 64, 8, 1, 16, 1, n17, n17, 5, -1, 1, "generic", 0, 1, 1};
+    run_case(&g1);
+    run_case(&g2);
+    run_case(&g3);
+    g_f8 = 0;
 }
 
 /* ---- timing ---- */
@@ -361,11 +432,13 @@ static void time_attention(const char *what, loom_dtype act, int H, int KVH, int
     const int B = 16, n_rot = 4, reps = 20, batches = 7;
     const int64_t nb = (ctx + B - 1) / B;
     const size_t block_elems = 2 * (size_t)KVH * B * D;
-    const size_t pool_bytes = 2 * block_elems * nb * n_rot;
+    const loom_dtype kvdt = g_f8 ? LOOM_F8E4M3 : act;
+    const size_t kes = g_f8 ? 1 : 2;
+    const size_t pool_bytes = kes * block_elems * nb * n_rot;
     void *d_pool, *d_q, *d_out, *d_scratch;
     int32_t *d_qs, *d_ctx, *d_bt;
     CUDA_CHECK(cudaMalloc(&d_pool, pool_bytes));
-    fill_random(d_pool, pool_bytes, act);
+    fill_random(d_pool, pool_bytes, act); /* as fp8: random bytes, a few NaN codes (no matter for the time) */
     CUDA_CHECK(cudaMalloc(&d_q, 2 * (size_t)n_new * H * D));
     fill_random(d_q, 2 * (size_t)n_new * H * D, act);
     CUDA_CHECK(cudaMalloc(&d_out, 2 * (size_t)n_new * H * D));
@@ -388,7 +461,7 @@ static void time_attention(const char *what, loom_dtype act, int H, int KVH, int
     for (int b = -1; b < batches; b++) { /* batch -1 warms up */
         CUDA_CHECK(cudaEventRecord(e0, NULL));
         for (int i = 0; i < reps; i++)
-            OP_CHECK(loom_cuda_attention(d_out, d_q, (int64_t)H * D, d_pool, act, d_qs, d_ctx, d_bt + (i % n_rot) * nb,
+            OP_CHECK(loom_cuda_attention(d_out, d_q, (int64_t)H * D, d_pool, act, kvdt, d_qs, d_ctx, d_bt + (i % n_rot) * nb,
                                          nb, 1, n_new, ctx, H, KVH, D, B, 0, scale, multi, d_scratch, sb, NULL));
         CUDA_CHECK(cudaEventRecord(e1, NULL));
         CUDA_CHECK(cudaEventSynchronize(e1));
@@ -405,7 +478,7 @@ static void time_attention(const char *what, loom_dtype act, int H, int KVH, int
     struct timing *tm = &timings[n_timings++];
     snprintf(tm->what, sizeof tm->what, "%s", what);
     tm->us = t * 1e6;
-    tm->gbs = 2.0 * ctx * KVH * D * 2 / t * 1e-9; /* K and V, 2 bytes each */
+    tm->gbs = 2.0 * ctx * KVH * D * (double)kes / t * 1e-9; /* K and V */
     double pairs = 0;                              /* (query, visible key) pairs per head */
     for (int i = 0; i < n_new; i++) pairs += ctx - n_new + i + 1;
     tm->tflops = 4.0 * pairs * H * D / t * 1e-12;
@@ -424,17 +497,22 @@ static void bad_args(void)
     _Alignas(16) int32_t dummy[64] = {0};
     void *p = dummy;
     int ok = 1;
-    ok &= loom_cuda_attention(p, p, 256, p, LOOM_F32, dummy, dummy, dummy, 1, 1, 1, 1, 2, 2, 128, 16, 0, 1.0f,
+    ok &= loom_cuda_attention(p, p, 256, p, LOOM_F32, LOOM_F32, dummy, dummy, dummy, 1, 1, 1, 1, 2, 2, 128, 16, 0, 1.0f,
                               -1, NULL, 0, NULL) == 1;                       /* fp32 activations */
-    ok &= loom_cuda_attention(p, p, 256, p, LOOM_F16, dummy, dummy, dummy, 1, 1, 1, 1, 2, 2, 96, 16, 0, 1.0f,
+    ok &= loom_cuda_attention(p, p, 256, p, LOOM_F16, LOOM_F16, dummy, dummy, dummy, 1, 1, 1, 1, 2, 2, 96, 16, 0, 1.0f,
                               -1, NULL, 0, NULL) == 1;                       /* head_dim 96 */
-    ok &= loom_cuda_attention(p, p, 384, p, LOOM_F16, dummy, dummy, dummy, 1, 1, 1, 1, 3, 2, 128, 16, 0, 1.0f,
+    ok &= loom_cuda_attention(p, p, 384, p, LOOM_F16, LOOM_F16, dummy, dummy, dummy, 1, 1, 1, 1, 3, 2, 128, 16, 0, 1.0f,
                               -1, NULL, 0, NULL) == 1;                       /* 3 heads on 2 kv heads */
-    ok &= loom_cuda_attention(p, p, 256, p, LOOM_F16, dummy, dummy, dummy, 1, 1, 1, 1, 2, 2, 128, 24, 0, 1.0f,
+    ok &= loom_cuda_attention(p, p, 256, p, LOOM_F16, LOOM_F16, dummy, dummy, dummy, 1, 1, 1, 1, 2, 2, 128, 24, 0, 1.0f,
                               -1, NULL, 0, NULL) == 1;                       /* B not a power of two */
-    ok &= loom_cuda_attention(p, p, 256, p, LOOM_F16, dummy, dummy, dummy, 1, 1, 1, 4096, 2, 2, 128, 16, 0, 1.0f,
+    ok &= loom_cuda_attention(p, p, 256, p, LOOM_F16, LOOM_F16, dummy, dummy, dummy, 1, 1, 1, 4096, 2, 2, 128, 16, 0, 1.0f,
                               1, NULL, 0, NULL) == 1;                        /* multi-block forced, no scratch */
-    ok &= loom_cuda_kv_append(p, p, 1, p, 256, LOOM_F16, dummy, 1, 2, 128, 16, NULL) == 1; /* k_stride too small */
+    ok &= loom_cuda_kv_append(p, p, 1, p, 256, LOOM_F16, LOOM_F16, dummy, 1, 2, 128, 16, NULL) == 1; /* k_stride too small */
+    ok &= loom_cuda_kv_append(p, p, 256, p, 256, LOOM_F16, LOOM_BF16, dummy, 1, 2, 128, 16, NULL) == 1; /* kv neither act nor fp8 */
+    ok &= loom_cuda_attention(p, p, 256, p, LOOM_F16, LOOM_BF16, dummy, dummy, dummy, 1, 1, 1, 1, 2, 2, 128, 16, 0, 1.0f,
+                              -1, NULL, 0, NULL) == 1;                       /* the same for attention */
+    ok &= loom_cuda_attention(p, p, 256, p, LOOM_F8E4M3, LOOM_F8E4M3, dummy, dummy, dummy, 1, 1, 1, 1, 2, 2, 128, 16, 0, 1.0f,
+                              -1, NULL, 0, NULL) == 1;                       /* fp8 activations */
     cases++;
     failures += !ok;
     printf("%s bad arguments refused\n", ok ? "ok  " : "FAIL");
@@ -461,6 +539,7 @@ int main(void)
         batch(LOOM_F16, 64, 32, 8, 16, 2, 1000, 0, 1, 2);
         split_cases();
         decode_cases();
+        fp8_cases();
         printf("%d/%d attention cases passed (quick)\n", cases - failures, cases);
         return failures ? 1 : 0;
     }
@@ -502,6 +581,7 @@ int main(void)
         }
     split_cases();
     decode_cases();
+    fp8_cases();
     printf("%d/%d attention cases passed\n", cases - failures, cases);
 
     /* Timings: fp16, head_dim 128, batch 1. */
@@ -527,6 +607,19 @@ int main(void)
     time_attention("prefill 2048 tok h32/kv32 d128 fp16", LOOM_F16, 32, 32, 128, 2048, 2048, -1);
     time_attention("prefill 2048 tok h32/kv32 d128 bf16", LOOM_BF16, 32, 32, 128, 2048, 2048, -1);
     time_attention("prefill 2048 tok h32/kv8 d128 fp16", LOOM_F16, 32, 8, 128, 2048, 2048, -1);
+    /* the same with an fp8 pool (K/V GB/s counts its bytes, one per element) */
+    g_f8 = 1;
+    for (int ci = 0; ci < 2; ci++)
+        for (int mb = 1; mb >= 0; mb--) {
+            char w[96];
+            snprintf(w, sizeof w, "fp8 kv: decode h32/kv32 d128 ctx %dk mb %s", ctxs[ci] / 1024, mb ? "on" : "off");
+            time_attention(w, LOOM_F16, 32, 32, 128, 1, ctxs[ci], mb);
+        }
+    time_attention("fp8 kv: decode h32/kv32 d128 ctx 2304 auto", LOOM_F16, 32, 32, 128, 1, 2304, -1);
+    time_attention("fp8 kv: decode h32/kv8 d128 ctx 8k auto", LOOM_F16, 32, 8, 128, 1, 8192, -1);
+    time_attention("fp8 kv: prefill 2048 tok h32/kv32 d128", LOOM_F16, 32, 32, 128, 2048, 2048, -1);
+    time_attention("fp8 kv: prefill 2048 tok h32/kv8 d128", LOOM_F16, 32, 8, 128, 2048, 2048, -1);
+    g_f8 = 0;
     /* a short chunk on a cached prefix (KV reuse): the key split on (auto) and off */
     const int chunk[][3] = {{32, 1056, 32}, {32, 1056, 8}, {128, 1152, 32}, {32, 4128, 32}};
     for (int i = 0; i < 4; i++)

@@ -334,9 +334,9 @@ static int ref_attention(const model *m, int64_t l, int tc, void *out, const voi
     const float scale = 1.0f / sqrtf((float)hd);
     const int32_t *in = m->d_in;
     if (tc && tc_attention(m))
-        return loom_cuda_attention(out, qkv, m->qkv, pool, m->act, in + IN_QSTART, in + IN_CTX, m->d_table, m->n_tab, 1, 1, c->max_ctx,
+        return loom_cuda_attention(out, qkv, m->qkv, pool, m->act, m->act, in + IN_QSTART, in + IN_CTX, m->d_table, m->n_tab, 1, 1, c->max_ctx,
                                    c->n_heads, c->n_kv_heads, hd, c->B, window, scale, -1, m->attn_scratch, m->attn_scratch_bytes, st);
-    return loom_cuda_attention_generic(out, qkv, m->qkv, pool, m->act, in + IN_QSTART, in + IN_CTX, m->d_table, m->n_tab, 1, 1, c->n_heads,
+    return loom_cuda_attention_generic(out, qkv, m->qkv, pool, m->act, m->act, in + IN_QSTART, in + IN_CTX, m->d_table, m->n_tab, 1, 1, c->n_heads,
                                        c->n_kv_heads, hd, c->B, window, scale, st);
 }
 

@@ -327,15 +327,23 @@ static void gemv1_shape(loom_dtype act, int64_t in, int64_t out)
 
 static int rope_case_no;
 
+/* E4M3 codes as a signed ordinal: adjacent representable values differ by 1. */
+static int e4m3_ord(uint8_t c) { return c & 0x80 ? -(int)(c & 0x7f) : (int)c; }
+
 /* skip: the token whose slot is -1, or -1 for none. pad: extra elements at
- * the end of each qkv row. */
-static void check_rope_kv(loom_dtype act, int64_t n, int64_t H, int64_t KVH, int64_t hd, int64_t B, int64_t pad, int64_t skip)
+ * the end of each qkv row. f8: the pool holds FP8 E4M3; then v must be
+ * exactly loom_f32_to_e4m3 of the act value, and k (rotated in fp32 on the
+ * GPU with its own sincosf) loom_f32_to_e4m3 of the CPU's rotation except
+ * where the two rotations straddle a rounding boundary: at most 1% of k
+ * elements, each one code away. */
+static void check_rope_kv_dt(loom_dtype act, int f8, int64_t n, int64_t H, int64_t KVH, int64_t hd, int64_t B, int64_t pad,
+                             int64_t skip)
 {
     static const int32_t awkward[] = {0, 1, 17, 2048, 2049};
     const int64_t qw = H * hd, kw = KVH * hd, stride = qw + 2 * kw + pad, half = hd / 2;
     const int64_t n_blocks = (n + B - 1) / B + 3, n_slots = n_blocks * B;
     const int64_t pool_elems = n_blocks * 2 * KVH * B * hd;
-    const size_t qkv_bytes = 2 * (size_t)(n * stride), pool_bytes = 2 * (size_t)pool_elems;
+    const size_t qkv_bytes = 2 * (size_t)(n * stride), pool_bytes = (f8 ? 1 : 2) * (size_t)pool_elems;
     uint16_t *hq = xmalloc(qkv_bytes), *hout = xmalloc(qkv_bytes), *hpool = xmalloc(pool_bytes);
     unsigned char *mark = xmalloc((size_t)pool_elems);
     float *qf = xmalloc(4 * (size_t)(n * qw)), *kf = xmalloc(4 * (size_t)(n * kw)), *inv = xmalloc(4 * (size_t)half);
@@ -368,7 +376,7 @@ static void check_rope_kv(loom_dtype act, int64_t n, int64_t H, int64_t KVH, int
     upload(dslot, slot, 4 * (size_t)n);
     upload(dinv, inv, 4 * (size_t)half);
     poison(dpool, pool_bytes);
-    const int rc = loom_cuda_rope_kv_append(dq, stride, act, dpos, dslot, n, H, KVH, hd, dinv, dpool, B, NULL);
+    const int rc = loom_cuda_rope_kv_append(dq, stride, act, f8 ? LOOM_F8E4M3 : act, dpos, dslot, n, H, KVH, hd, dinv, dpool, B, NULL);
     CUDA_CHECK(cudaDeviceSynchronize());
     download(hout, dq, qkv_bytes);
     download(hpool, dpool, pool_bytes);
@@ -387,7 +395,8 @@ static void check_rope_kv(loom_dtype act, int64_t n, int64_t H, int64_t KVH, int
     /* pool: rotated k and exact v at each token's slot, poison everywhere else */
     memset(mark, 0, (size_t)pool_elems);
     double kn = 0, kd = 0;
-    int64_t v_bad = 0, stray = 0;
+    int64_t v_bad = 0, stray = 0, k_off1 = 0, k_far = 0, k_n = 0;
+    const uint8_t *hpool8 = (const uint8_t *)hpool;
     for (int64_t t = 0; t < n; t++) {
         if (slot[t] < 0) continue;
         const int64_t b = slot[t] / B, j = slot[t] % B;
@@ -396,26 +405,44 @@ static void check_rope_kv(loom_dtype act, int64_t n, int64_t H, int64_t KVH, int
                 const int64_t ik = (((b * 2 + 0) * KVH + h) * B + j) * hd + d;
                 const int64_t iv = (((b * 2 + 1) * KVH + h) * B + j) * hd + d;
                 mark[ik] = mark[iv] = 1;
-                const double r = kf[t * kw + h * hd + d], e = (double)from_act(hpool[ik], act) - r;
+                const double r = kf[t * kw + h * hd + d];
+                if (f8) {
+                    const int dk = abs(e4m3_ord(hpool8[ik]) - e4m3_ord(loom_f32_to_e4m3((float)r)));
+                    k_off1 += dk == 1;
+                    k_far += dk > 1;
+                    k_n++;
+                    v_bad += hpool8[iv] != loom_f32_to_e4m3(from_act(hq[t * stride + qw + kw + h * hd + d], act));
+                    continue;
+                }
+                const double e = (double)from_act(hpool[ik], act) - r;
                 kn += e * e;
                 kd += r * r;
                 v_bad += hpool[iv] != hq[t * stride + qw + kw + h * hd + d];
             }
     }
-    for (int64_t i = 0; i < pool_elems; i++) stray += !mark[i] && hpool[i] != 0xffffu;
-    const double qerr = qd > 0 ? sqrt(qn / qd) : sqrt(qn), kerr = kd > 0 ? sqrt(kn / kd) : sqrt(kn), tol = tol_for(act);
-    const int ok = rc == 0 && qerr <= tol && kerr <= tol && v_bad == 0 && stray == 0 && rest_same;
+    for (int64_t i = 0; i < pool_elems; i++) stray += !mark[i] && (f8 ? hpool8[i] != 0xffu : hpool[i] != 0xffffu);
+    /* fp8: kerr is the share of k elements one code off */
+    const double qerr = qd > 0 ? sqrt(qn / qd) : sqrt(qn), tol = tol_for(act);
+    const double kerr = f8 ? (k_n ? (double)k_off1 / (double)k_n : 0) : kd > 0 ? sqrt(kn / kd) : sqrt(kn), ktol = f8 ? 1e-2 : tol;
+    const int ok = rc == 0 && qerr <= tol && kerr <= ktol && k_far == 0 && v_bad == 0 && stray == 0 && rest_same;
     char skipped[48] = "";
     if (skip >= 0) snprintf(skipped, sizeof skipped, " token %lld slot -1", (long long)skip);
-    verdict(ok, "rope_kv_append %s tokens=%lld heads=%lld/%lld head_dim=%lld B=%lld stride=%lld%s: "
-            "q rel_l2 %.3e, pool k rel_l2 %.3e (tol %.0e)%s%s%s%s",
-            loom_dtype_name(act), (long long)n, (long long)H, (long long)KVH, (long long)hd, (long long)B,
-            (long long)stride, skipped, qerr, kerr, tol, rc ? ", CALL FAILED" : "", v_bad ? ", pool v NOT EXACT" : "",
+    verdict(ok, "rope_kv_append %s kv=%s tokens=%lld heads=%lld/%lld head_dim=%lld B=%lld stride=%lld%s: "
+            "q rel_l2 %.3e, pool k %s %.3e (tol %.0e)%s%s%s%s",
+            loom_dtype_name(act), f8 ? "fp8" : loom_dtype_name(act), (long long)n, (long long)H, (long long)KVH, (long long)hd, (long long)B,
+            (long long)stride, skipped, qerr, f8 ? "share one code off" : "rel_l2", kerr, ktol, rc ? ", CALL FAILED" : "", v_bad ? ", pool v NOT EXACT" : "",
             stray ? ", pool written OUTSIDE the slots" : "", rest_same ? "" : ", k/v/pad of qkv CHANGED");
     if (rc) printf("     loom_cuda_rope_kv_append returned %d (%s)\n", rc, cudaGetErrorString((cudaError_t)rc));
-    if (v_bad || stray) printf("     %lld v elements differ, %lld stray pool elements\n", (long long)v_bad, (long long)stray);
+    if (v_bad || stray || k_far)
+        printf("     %lld v elements differ, %lld stray pool elements, %lld k elements over one code off\n", (long long)v_bad,
+               (long long)stray, (long long)k_far);
     cudaFree(dq); cudaFree(dpool); cudaFree(dpos); cudaFree(dslot); cudaFree(dinv);
     free(hq); free(hout); free(hpool); free(mark); free(qf); free(kf); free(inv); free(pos); free(slot); free(perm);
+}
+
+static void check_rope_kv(loom_dtype act, int64_t n, int64_t H, int64_t KVH, int64_t hd, int64_t B, int64_t pad, int64_t skip)
+{
+    check_rope_kv_dt(act, 0, n, H, KVH, hd, B, pad, skip);
 }
 
 /* ---- loom_cuda_gemv1_rope ---- */
@@ -488,7 +515,7 @@ static void check_gemv1_rope(const gemv_weights *g, int64_t H, int64_t KVH, int6
     int rc_u = loom_cuda_gemv1(dyp, dx, g->dw, db, act, in, out, pp, NULL);
     CUDA_CHECK(cudaDeviceSynchronize());
     download(yp, dyp, ybytes);
-    if (!rc_u) rc_u = loom_cuda_rope_kv_append(dyp, out, act, dpos, dslot, 1, H, KVH, hd, dinv, dpu, B, NULL);
+    if (!rc_u) rc_u = loom_cuda_rope_kv_append(dyp, out, act, act, dpos, dslot, 1, H, KVH, hd, dinv, dpu, B, NULL);
     CUDA_CHECK(cudaDeviceSynchronize());
     download(yu, dyp, ybytes);
     download(pu, dpu, pool_bytes);
@@ -930,7 +957,7 @@ static void chain_enqueue(const chain *c, cudaStream_t st)
             OP_CHECK(loom_cuda_gemv1_rope(c->big, c->resid[0], c->w_qkv, c->b_qkv, act, CH_H, &qkv, &rope, st));
         } else {
             OP_CHECK(loom_cuda_gemv1(c->big, c->resid[0], c->w_qkv, c->b_qkv, act, CH_H, CH_QKV, &qkv, st));
-            OP_CHECK(loom_cuda_rope_kv_append(c->big, CH_QKV, act, c->pos + l, c->slot + l, 1, CH_NH, CH_NKV, CH_HD, c->inv,
+            OP_CHECK(loom_cuda_rope_kv_append(c->big, CH_QKV, act, act, c->pos + l, c->slot + l, 1, CH_NH, CH_NKV, CH_HD, c->inv,
                                               c->pool, CH_B, st));
         }
         const loom_gemv_pre plain = {.kind = LOOM_GEMV_PLAIN, .delta = NULL, .x_out = NULL, .gamma = NULL, .eps = 0.0f};
@@ -1145,6 +1172,12 @@ int main(void)
     check_rope_kv(LOOM_BF16, 3, 8, 1, 64, 64, 8, 0);
     check_rope_kv(LOOM_F16, 3, 8, 8, 8, 16, 24, 2);
     check_rope_kv(LOOM_BF16, 1, 32, 8, 128, 16, 0, 0);   /* the only token skipped */
+    /* an FP8 E4M3 pool: vector rows, scalar rows (head_dim 6 / odd padding), GQA, a skipped token, 2049 tokens */
+    check_rope_kv_dt(LOOM_F16, 1, 1, 32, 32, 128, 16, 0, -1);
+    check_rope_kv_dt(LOOM_BF16, 1, 37, 32, 8, 128, 64, 72, 5);
+    check_rope_kv_dt(LOOM_F16, 1, 17, 14, 2, 64, 32, 0, -1);
+    check_rope_kv_dt(LOOM_F16, 1, 3, 4, 2, 6, 16, 3, 1);
+    check_rope_kv_dt(LOOM_BF16, 1, 2049, 8, 1, 128, 16, 0, 100);
 
     check_gemv1_rope_bad();
     const int64_t rope_ins[] = {72, 4104};

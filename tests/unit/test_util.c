@@ -61,6 +61,24 @@ static void test_parse(void)
     const char *bad[] = {"", ",", "1,", "a", "1 2", "-1", "2147483648"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         EXPECT(loom_parse_id_list(bad[i], "p", &ids, &n, &err) != LOOM_OK, "reject id list \"%s\"", bad[i]);
+    /* --kv-cache-dtype: auto and fp8 always; fp16/bf16 only as the activations (then "auto") */
+    loom_dtype kv;
+    EXPECT(loom_parse_kv_dtype("auto", &kv, &err) == LOOM_OK && kv == LOOM_DTYPE_COUNT, "kv auto");
+    EXPECT(loom_parse_kv_dtype("fp8", &kv, &err) == LOOM_OK && kv == LOOM_F8E4M3, "kv fp8");
+    const char *bad_kv[] = {"", "FP8", "fp32", "e4m3", "fp8 ", "int8"};
+    for (size_t i = 0; i < sizeof bad_kv / sizeof bad_kv[0]; i++)
+        EXPECT(loom_parse_kv_dtype(bad_kv[i], &kv, &err) == LOOM_EINVAL && strstr(err.msg, "--kv-cache-dtype"), "reject kv dtype \"%s\"", bad_kv[i]);
+    kv = LOOM_F8E4M3;
+    EXPECT(loom_kv_dtype_check(&kv, LOOM_BF16, "--dtype", NULL, &err) == LOOM_OK && kv == LOOM_F8E4M3, "fp8 with bf16 activations");
+    kv = LOOM_BF16;
+    EXPECT(loom_kv_dtype_check(&kv, LOOM_BF16, "--dtype", NULL, &err) == LOOM_OK && kv == LOOM_DTYPE_COUNT, "bf16 = the activations");
+    kv = LOOM_BF16;
+    EXPECT(loom_kv_dtype_check(&kv, LOOM_F16, "--dtype", NULL, &err) == LOOM_EINVAL &&
+               strstr(err.msg, "--kv-cache-dtype bf16 needs --dtype bf16: the KV cache holds activations or fp8"),
+           "bf16 KV with fp16 activations: \"%s\"", err.msg);
+    kv = LOOM_F16;
+    EXPECT(loom_kv_dtype_check(&kv, LOOM_F32, NULL, "the CPU backend", &err) == LOOM_EINVAL && strstr(err.msg, "the CPU backend computes in fp32"),
+           "fp16 KV on the CPU: \"%s\"", err.msg);
 }
 
 /* Empirical distribution of many draws (fresh sampler per draw, seed i). */
