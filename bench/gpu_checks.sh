@@ -1,7 +1,8 @@
 #!/bin/sh
 # Runs the GPU-machine checks from a bundle made by launch/bundle.sh (with the
 # test binaries in LOOM_BUNDLE_EXTRA): the ops suite (every CUDA op against the
-# CPU op), the golden fixtures and the demo model on the GPU, with 2+ GPUs the
+# CPU op), the golden fixtures and the demo model on the GPU (fp16/bf16 KV against
+# transformers, FP8 KV against the CPU fp8 oracle), with 2+ GPUs the
 # TP/PP tests (test_dist_gpu, test_allreduce_gpu under mpirun), then `loom bench`
 # and the Hugging Face baseline on the same shapes. Writes logs and JSON to
 # $OUT (or ./gpu-out).
@@ -31,7 +32,13 @@ for step in $steps; do
             case $d in *bf16*) dt=bf16 ;; esac
             "$bundle/bin/test_golden_gpu" "$d" $dt >>"$out/golden_gpu.log" 2>&1 || { echo "FAILED: golden $d"; fail=1; }
         done
-        grep -E "cosine|identical|FAIL" "$out/golden_gpu.log"
+        for f in llama_gqa llama_mqa qwen2 mistral_swa llama_big llama_bf16 ../../data/stories260K; do
+            dt=fp16
+            case $f in *bf16*) dt=bf16 ;; esac
+            "$bundle/bin/test_golden_gpu" "$here/tests/golden/fixtures/$f" $dt fp8kv >>"$out/golden_gpu.log" 2>&1 ||
+                { echo "FAILED: golden fp8kv $f"; fail=1; }
+        done
+        grep -E "cosine|identical|positions|FAIL" "$out/golden_gpu.log"
         ;;
     dist)
         ngpu=$(nvidia-smi -L | wc -l)

@@ -92,6 +92,27 @@ fail:
     return 1;
 }
 
+/* The GPU model of dir for one pass: pass 0 plain launches with a tight
+ * sequence limit (max_len), pass 1 decode steps as CUDA graphs captured for
+ * a 2048-token limit (so the decode attention plan is made for a context far
+ * longer than the real one). NULL after printing why. */
+static loom_gpu_model *load_pass(const char *dir, loom_dtype act, loom_dtype kv, int pass, int64_t max_len)
+{
+    setenv("LOOM_CUDA_GRAPHS", pass ? "1" : "0", 1);
+    loom_gpu_opts o = loom_gpu_opts_default();
+    o.act = act;
+    o.kv = kv;
+    o.max_tokens = 256;
+    o.max_seqs = 1;
+    o.max_seq_len = pass ? 2048 : max_len;
+    o.tokens_per_block = 16;
+    o.max_kv_tokens = 4096;
+    loom_err err = {{0}};
+    loom_gpu_model *m = loom_gpu_model_load(dir, &o, &err);
+    if (!m) fprintf(stderr, "FAIL %s: %s\n", dir, err.msg);
+    return m;
+}
+
 /* The fp8kv check (see the top). n_ids: steps to feed. */
 static int fp8_check(const char *dir, loom_dtype act, const int32_t *prompt, int64_t n_prompt, int64_t n_ids)
 {
@@ -103,22 +124,10 @@ static int fp8_check(const char *dir, loom_dtype act, const int32_t *prompt, int
         return 1;
     float *lg = malloc((size_t)V * sizeof *lg);
     int fail = 0;
-    for (int pass = 0; pass < 2; pass++) { /* graphs off, then on (captured for 2048 positions) */
-        setenv("LOOM_CUDA_GRAPHS", pass ? "1" : "0", 1);
-        loom_gpu_opts o = loom_gpu_opts_default();
-        o.act = act;
-        o.kv = LOOM_F8E4M3;
-        o.max_tokens = 256;
-        o.max_seqs = 1;
-        o.max_seq_len = pass ? 2048 : n_prompt + n_ids + 1;
-        o.tokens_per_block = 16;
-        o.max_kv_tokens = 4096;
+    for (int pass = 0; pass < 2; pass++) {
         loom_err err = {{0}};
-        loom_gpu_model *m = loom_gpu_model_load(dir, &o, &err);
-        if (!m) {
-            fprintf(stderr, "FAIL %s: %s\n", dir, err.msg);
-            return 1;
-        }
+        loom_gpu_model *m = load_pass(dir, act, LOOM_F8E4M3, pass, n_prompt + n_ids + 1);
+        if (!m) return 1;
         int64_t slot = 0, start[2] = {0, n_prompt}, one[2] = {0, 1}, agree = 0;
         double d_gpu = 0, d_q = 0, min_cos = 1;
         int32_t id;
@@ -184,25 +193,13 @@ int main(int argc, char **argv)
         printf("%s\n", fail ? "FAIL" : "ok");
         return fail;
     }
-    /* twice: plain launches with a tight sequence limit, then decode steps as
-     * CUDA graphs captured for a 2048-token limit (so the decode attention plan
-     * is made for a context far longer than the real one) */
+    /* twice: plain launches, then CUDA graphs (load_pass) */
     for (int pass = 0; pass < 2; pass++) {
-    setenv("LOOM_CUDA_GRAPHS", pass ? "1" : "0", 1);
-    loom_gpu_opts o = loom_gpu_opts_default();
-    o.act = strcmp(argv[2], "bf16") ? LOOM_F16 : LOOM_BF16;
-    o.max_tokens = 256;
-    o.max_seqs = 1;
-    o.max_seq_len = pass ? 2048 : n_prompt + n_want + 1;
     printf("%s %s: %s\n", dir, argv[2], pass ? "CUDA graphs, max_seq_len 2048" : "no graphs");
-    o.tokens_per_block = 16;
-    o.max_kv_tokens = 4096;
+    const loom_dtype act = strcmp(argv[2], "bf16") ? LOOM_F16 : LOOM_BF16;
     loom_err err = {{0}};
-    loom_gpu_model *m = loom_gpu_model_load(dir, &o, &err);
-    if (!m) {
-        fprintf(stderr, "FAIL %s: %s\n", dir, err.msg);
-        return 1;
-    }
+    loom_gpu_model *m = load_pass(dir, act, act, pass, n_prompt + n_want + 1);
+    if (!m) return 1;
     int64_t V = loom_gpu_config(m)->vocab_size, slot = 0, start[2] = {0, n_prompt};
     int32_t id;
     if (loom_gpu_forward(m, 1, &slot, start, prompt, &id, &err) != LOOM_OK) {
