@@ -62,7 +62,7 @@ loom_serve_gpu *loom_serve_gpu_create(MPI_Comm workers, MPI_Comm tp_comm, MPI_Co
     fprintf(stderr,
             "loom worker %d on GPU %d (stage %d, tp %d): weights %.1f MiB, KV pool %.2f GiB (%lld tokens, %s), workspace %.1f MiB, free %.2f GiB\n",
             rank, local % n_dev, shard->pp_rank, shard->tp_rank, (double)mem.weights / (1 << 20), (double)mem.kv / (1 << 30),
-            (long long)mem.kv_tokens, loom_dtype_name(o.kv == LOOM_F8E4M3 ? LOOM_F8E4M3 : o.act), (double)mem.workspace / (1 << 20), (double)mem.free_after / (1 << 30));
+            (long long)mem.kv_tokens, loom_dtype_name(mem.kv_dtype), (double)mem.workspace / (1 << 20), (double)mem.free_after / (1 << 30));
     return g;
 fail:
     loom_serve_gpu_destroy(g);
