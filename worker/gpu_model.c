@@ -339,7 +339,6 @@ static loom_status init_common(loom_gpu_model *m, const loom_config *cfg, const 
         return loom_err_set(err, LOOM_EINVAL, "the KV cache holds the activations' dtype (%s) or fp8, not %s", loom_dtype_name(o->act),
                             loom_dtype_name(m->kv));
     m->kv_es = loom_dtype_size(m->kv);
-    if (m->kv == LOOM_F8E4M3) m->fused_rope = 0; /* the QKV GEMV's epilogue appends act elements only */
     m->red_dt = m->tp > 1 && loom_gpu_env_int("LOOM_TP_REDUCE_F32") ? LOOM_F32 : o->act;
     int n_dev = 0;
     if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev == 0) {
@@ -865,7 +864,7 @@ static loom_status fused_layers(loom_gpu_model *m, int64_t S, int64_t T, int64_t
         const loom_gemv_pre pre_attn = {LOOM_GEMV_ADD_RMSNORM, l ? m->mlp : NULL, m->x2, L->attn_norm, eps, gather ? m->d_tokens : NULL, d32};
         const void *x_in = gather ? m->embed : m->x;
         if (m->fused_rope) {
-            const loom_gemv_rope rope = {m->d_pos, m->d_slots, m->inv_freq, L->pool, m->nh, m->nkv, hd, B};
+            const loom_gemv_rope rope = {m->d_pos, m->d_slots, m->inv_freq, L->pool, m->nh, m->nkv, hd, B, m->kv};
             CUDA_TRY(loom_cuda_gemv1_rope(m->qkv, x_in, L->w_qkv, L->b_qkv, o->act, H, &pre_attn, &rope, st), "norm + qkv gemv + rope");
             PROF(P_QKV);
         } else {

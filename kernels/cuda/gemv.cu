@@ -335,6 +335,7 @@ extern "C" int loom_cuda_gemv1_rope(void *y, const void *x, const void *w, const
     a.head_dim = (int)rope->head_dim;
     a.tokens_per_block = (int)rope->tokens_per_block;
     a.half_elems = rope->tokens_per_block * rope->head_dim * rope->n_kv_heads;
+    a.kv_f8 = rope->kv == LOOM_F8E4M3;
     cudaStream_t st = (cudaStream_t)stream;
     if (act == LOOM_F16) return launch1<__half, __half2>(a, mode, EPI_ROPE, sms, st);
     return launch1<__nv_bfloat16, __nv_bfloat162>(a, mode, EPI_ROPE, sms, st);

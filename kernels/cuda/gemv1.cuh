@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "act_convert.cuh"
+#include "kv_fp8.cuh"
 
 /* ---- one row, fused prologue (loom_cuda_gemv1) ----
  * A grid of at most two blocks per SM of G1_WARPS warps; warp k of the grid
@@ -44,7 +45,15 @@ struct Gemv1Args {
     void *pool;
     int n_heads, n_kv_heads, head_dim, tokens_per_block;
     int64_t half_elems; /* elements of a block's K (or V) half */
+    int kv_f8;          /* ROPE: the pool holds FP8 E4M3 (K rounded from its fp32 rotation, V from act), else act */
 };
+
+/* ROPE: element e of the pool gets f (fp8 pool) or rounded (act pool). */
+template <typename S> __device__ __forceinline__ void pool_put(const Gemv1Args &a, int64_t e, float f, S rounded)
+{
+    if (a.kv_f8) static_cast<uint8_t *>(a.pool)[e] = e4m3_from_f32(f);
+    else static_cast<S *>(a.pool)[e] = rounded;
+}
 
 /* Sum over the block, to every thread (blockDim.x == 32 * G1_WARPS). */
 __device__ __forceinline__ float g1_block_sum(float v)
@@ -132,12 +141,11 @@ __device__ __forceinline__ void g1_rows(const Gemv1Args &a, const uint4 *xs, int
     const S *w = static_cast<const S *>(a.w);
     const S *bias = static_cast<const S *>(a.bias);
     S *y = static_cast<S *>(a.y);
-    S *kdst = nullptr; /* ROPE: the token's slot in the K half of its block, head 0 */
+    int64_t kdst = -1; /* ROPE: the pool element of the token's slot in the K half of its block, head 0 */
     if (ROPE) {
         const int32_t slot = a.slot[0];
         if (slot >= 0)
-            kdst = static_cast<S *>(a.pool) + (int64_t)(slot / a.tokens_per_block) * 2 * a.half_elems +
-                   (int64_t)(slot % a.tokens_per_block) * a.head_dim;
+            kdst = (int64_t)(slot / a.tokens_per_block) * 2 * a.half_elems + (int64_t)(slot % a.tokens_per_block) * a.head_dim;
     }
     for (int item = item0; item < a.items; item += istep) {
         const RowPair rp = item_rows<EPI>(a, item);
@@ -148,9 +156,9 @@ __device__ __forceinline__ void g1_rows(const Gemv1Args &a, const uint4 *xs, int
                 if (EPI == EPI_STORE && a.y_f32 == 2) static_cast<float *>(a.y)[rp.r1] = d1 + (bias ? to_f32<S>(bias[rp.r1]) : 0.0f);
                 else if (EPI == EPI_STORE && a.y_f32) static_cast<float *>(a.y)[rp.r1] = to_f32<S>(v1);
                 else y[rp.r1] = v1;
-                if (ROPE && rp.head < 0 && kdst) { /* a v row: into the pool's V half */
+                if (ROPE && rp.head < 0 && kdst >= 0) { /* a v row: into the pool's V half */
                     const int e = rp.r1 - (a.n_heads + a.n_kv_heads) * a.head_dim, h = e / a.head_dim, dd = e % a.head_dim;
-                    kdst[a.half_elems + (int64_t)h * a.tokens_per_block * a.head_dim + dd] = v1;
+                    pool_put<S>(a, kdst + a.half_elems + (int64_t)h * a.tokens_per_block * a.head_dim + dd, to_f32<S>(v1), v1);
                 }
             }
             continue;
@@ -168,17 +176,18 @@ __device__ __forceinline__ void g1_rows(const Gemv1Args &a, const uint4 *xs, int
             float sn, cs;
             sincosf(__fmul_rn((float)a.pos[0], a.inv_freq[rp.i]), &sn, &cs);
             const float f1 = to_f32<S>(v1), f2 = to_f32<S>(v2);
-            const S o1 = from_f32<S>(f1 * cs - f2 * sn), o2 = from_f32<S>(f2 * cs + f1 * sn);
+            const float r1 = f1 * cs - f2 * sn, r2 = f2 * cs + f1 * sn;
+            const S o1 = from_f32<S>(r1), o2 = from_f32<S>(r2);
             if (rp.head < a.n_heads) { /* q: rotated in place */
                 y[rp.r1] = o1;
                 y[rp.r2] = o2;
             } else { /* k: as it was in y, rotated into the pool's K half */
                 y[rp.r1] = v1;
                 y[rp.r2] = v2;
-                if (kdst) {
-                    S *kd = kdst + (int64_t)(rp.head - a.n_heads) * a.tokens_per_block * a.head_dim;
-                    kd[rp.i] = o1;
-                    kd[rp.i + a.head_dim / 2] = o2;
+                if (kdst >= 0) {
+                    const int64_t kd = kdst + (int64_t)(rp.head - a.n_heads) * a.tokens_per_block * a.head_dim;
+                    pool_put<S>(a, kd + rp.i, r1, o1);
+                    pool_put<S>(a, kd + rp.i + a.head_dim / 2, r2, o2);
                 }
             }
         }

@@ -195,6 +195,8 @@ typedef struct {
     const float *inv_freq;     /* device: head_dim / 2, as loom_cuda_rope's */
     void *pool;                /* the layer's paged pool (layout above) */
     int64_t n_heads, n_kv_heads, head_dim, tokens_per_block;
+    loom_dtype kv;             /* LOOM_F8E4M3: an FP8 pool (K rounded once from its fp32 rotation, V from
+                                * the act value, as loom_cuda_rope_kv_append's); any other value: act */
 } loom_gemv_rope;
 
 /* loom_cuda_gemv1 for one token's fused QKV projection followed by

@@ -581,6 +581,83 @@ static void check_gemv1_rope(const gemv_weights *g, int64_t H, int64_t KVH, int6
     free(fx); free(fdel); free(fgam); free(fr); free(h); free(ref); free(kref); free(inv);
 }
 
+/* loom_cuda_gemv1_rope into an FP8 (E4M3) pool: y bitwise the act pool's
+ * call (the pool's type changes nothing else), and the pool against the
+ * unfused pair gemv1 + loom_cuda_rope_kv_append into an FP8 pool: v bytes
+ * bitwise, k (rounded once from the fp32 rotation in both) at most one code
+ * apart in at most 1% of the elements (one at least), the rest of the pool
+ * (poison) untouched in both. */
+static void check_gemv1_rope_fp8(const gemv_weights *g, int64_t H, int64_t KVH, int64_t hd, int32_t pos, int64_t B, int32_t slot)
+{
+    const loom_dtype act = g->act;
+    const int64_t in = g->in, out = g->out, kw = KVH * hd, half = hd / 2;
+    const int64_t pool_elems = 4 * 2 * KVH * B * hd;
+    const size_t xbytes = 2 * (size_t)in, ybytes = 2 * (size_t)out;
+    uint16_t *hx = xmalloc(xbytes), *ya = xmalloc(ybytes), *y8 = xmalloc(ybytes);
+    unsigned char *pf = xmalloc((size_t)pool_elems), *pu = xmalloc((size_t)pool_elems);
+    float *inv = xmalloc(4 * (size_t)half);
+    for (int64_t i = 0; i < in; i++) hx[i] = to_act(rnd(), act);
+    for (int64_t i = 0; i < half; i++) inv[i] = 1.0f / powf(10000.0f, (float)(2 * i) / (float)hd);
+    void *dx = dmalloc(xbytes), *dya = dmalloc(ybytes), *dy8 = dmalloc(ybytes), *dyu = dmalloc(ybytes);
+    void *dpa = dmalloc(2 * (size_t)pool_elems), *dpf = dmalloc((size_t)pool_elems), *dpu = dmalloc((size_t)pool_elems);
+    int32_t *dpos = dmalloc(sizeof pos), *dslot = dmalloc(sizeof slot);
+    float *dinv = dmalloc(4 * (size_t)half);
+    upload(dx, hx, xbytes);
+    upload(dpos, &pos, sizeof pos);
+    upload(dslot, &slot, sizeof slot);
+    upload(dinv, inv, 4 * (size_t)half);
+    poison(dya, ybytes);
+    poison(dy8, ybytes);
+    poison(dpa, 2 * (size_t)pool_elems);
+    poison(dpf, (size_t)pool_elems);
+    poison(dpu, (size_t)pool_elems);
+    loom_gemv_rope rope = {.pos = dpos, .slot = dslot, .inv_freq = dinv, .pool = dpa,
+                           .n_heads = H, .n_kv_heads = KVH, .head_dim = hd, .tokens_per_block = B, .kv = act};
+    int rc = loom_cuda_gemv1_rope(dya, dx, g->dw, g->db, act, in, NULL, &rope, NULL);
+    rope.pool = dpf;
+    rope.kv = LOOM_F8E4M3;
+    if (!rc) rc = loom_cuda_gemv1_rope(dy8, dx, g->dw, g->db, act, in, NULL, &rope, NULL);
+    int rc_u = loom_cuda_gemv1(dyu, dx, g->dw, g->db, act, in, out, NULL, NULL);
+    if (!rc_u) rc_u = loom_cuda_rope_kv_append(dyu, out, act, LOOM_F8E4M3, dpos, dslot, 1, H, KVH, hd, dinv, dpu, B, NULL);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    download(ya, dya, ybytes);
+    download(y8, dy8, ybytes);
+    download(pf, dpf, (size_t)pool_elems);
+    download(pu, dpu, (size_t)pool_elems);
+    const int y_same = memcmp(ya, y8, ybytes) == 0;
+    int64_t v_diff = 0, k_diff = 0, k_far = 0, other = 0, written = 0;
+    unsigned char *mark = xmalloc((size_t)pool_elems);
+    memset(mark, 0, (size_t)pool_elems);
+    if (slot >= 0) {
+        const int64_t b = slot / B, j = slot % B;
+        for (int64_t hh = 0; hh < KVH; hh++)
+            for (int64_t d = 0; d < hd; d++) {
+                const int64_t ik = (((b * 2 + 0) * KVH + hh) * B + j) * hd + d, iv = ik + KVH * B * hd;
+                mark[ik] = mark[iv] = 1;
+                v_diff += pf[iv] != pu[iv];
+                if (pf[ik] != pu[ik]) {
+                    k_diff++;
+                    /* neighbours: codes one apart with the same sign (bit 7) */
+                    k_far += (pf[ik] ^ pu[ik]) & 0x80 || abs((int)(pf[ik] & 0x7f) - (int)(pu[ik] & 0x7f)) > 1;
+                }
+                written += pf[ik] != 0xff;
+            }
+    }
+    for (int64_t i = 0; i < pool_elems; i++) other += !mark[i] && (pf[i] != 0xff || pu[i] != 0xff);
+    const int64_t k_allowed = kw / 100 > 1 ? kw / 100 : 1;
+    const int ok = rc == 0 && rc_u == 0 && y_same && v_diff == 0 && k_far == 0 && k_diff <= k_allowed && other == 0 &&
+                   (slot < 0 || written > 0);
+    verdict(ok, "gemv1_rope %s kv=fp8 in=%lld heads=%lld/%lld head_dim=%lld pos=%d B=%lld slot=%d: y %s the act pool's call; "
+            "vs gemv1 + rope_kv_append(fp8): v %lld bytes differ, k %lld of %lld one code apart (%lld allowed), %lld further; "
+            "%lld pool bytes outside the slot written%s",
+            loom_dtype_name(act), (long long)in, (long long)H, (long long)KVH, (long long)hd, (int)pos, (long long)B, (int)slot,
+            y_same ? "bitwise" : "NOT bitwise", (long long)v_diff, (long long)(k_diff - k_far), (long long)(slot >= 0 ? kw : 0),
+            (long long)k_allowed, (long long)k_far, (long long)other, rc || rc_u ? ", CALL FAILED" : "");
+    cudaFree(dx); cudaFree(dya); cudaFree(dy8); cudaFree(dyu); cudaFree(dpa); cudaFree(dpf); cudaFree(dpu);
+    cudaFree(dpos); cudaFree(dslot); cudaFree(dinv);
+    free(hx); free(ya); free(y8); free(pf); free(pu); free(inv); free(mark);
+}
+
 /* Every prologue / bias variant on one weight matrix; positions, B and the
  * slot (a block past the first, an odd offset in it) vary with set. */
 static void gemv1_rope_shape(loom_dtype act, int64_t in, int64_t H, int64_t KVH, int64_t hd, int set, int with_skip)
@@ -1187,6 +1264,19 @@ int main(void)
             for (int h = 0; h < 3; h++)
                 for (int i = 0; i < 2; i++, set++)
                     gemv1_rope_shape(acts[a], rope_ins[i], heads[h][0], heads[h][1], hds[d], set, hds[d] == 128 && h == 1);
+
+    /* the QKV epilogue appending into an FP8 pool: GQA 1, 4 and 8, head_dim 64 and 128, a skipped slot */
+    for (int a = 0; a < 2; a++) {
+        const int64_t f8_shapes[][4] = {{4096, 32, 32, 128}, {4104, 32, 8, 128}, {72, 8, 1, 64}, {136, 14, 2, 64}};
+        for (int c = 0; c < 4; c++) {
+            gemv_weights g;
+            const int64_t H = f8_shapes[c][1], KVH = f8_shapes[c][2], hd = f8_shapes[c][3];
+            weights_make(&g, acts[a], f8_shapes[c][0], (H + 2 * KVH) * hd);
+            check_gemv1_rope_fp8(&g, H, KVH, hd, c == 2 ? 2049 : 17 + c, c % 2 ? 64 : 16, (int32_t)(c % 2 ? 64 + 5 : 16 * 2 + 3));
+            if (c == 0) check_gemv1_rope_fp8(&g, H, KVH, hd, 17, 16, -1);
+            weights_free(&g);
+        }
+    }
 
     check_gemv1_glu_bad();
     const int64_t glu_ins[] = {8, 72, 4104};
