@@ -19,6 +19,9 @@
  *    the pool still poisoned (all of it for slot -1), x_out bit-exact; q and
  *    the pool against the unfused gemv1 + rope_kv_append within the
  *    tolerance (bitwise differences counted); bad arguments refused unlaunched.
+ *    Into an FP8 (E4M3) pool: y bitwise the act pool's call, the pool's v
+ *    bytes bitwise and its k at most one code off in 1% of the elements
+ *    against gemv1 + rope_kv_append into an FP8 pool, nothing else written.
  *  - loom_cuda_gemv1_glu (gate/up GEMV, plain or add + RMSNorm, with SiLU*mul
  *    in its epilogue): y against the CPU (the product rounded to act, then
  *    swiglu, rounded), y's buffer past inter still poisoned, x_out bit-exact;
