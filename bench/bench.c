@@ -408,8 +408,6 @@ int loom_cmd_bench(int argc, char **argv)
     loom_err err = {{0}};
     go.act = a.act;
     go.kv = a.kv;
-    /* the KV cache's element type: the activations', or fp8 */
-    const loom_dtype kv_dt = a.kv == LOOM_F8E4M3 ? LOOM_F8E4M3 : a.act;
     if (a.max_tokens) go.max_tokens = a.max_tokens;
     if (a.kv_fraction > 0) go.kv_free_fraction = a.kv_fraction;
     go.max_kv_tokens = a.max_kv_tokens;
@@ -482,6 +480,7 @@ int loom_cmd_bench(int argc, char **argv)
     }
     const loom_config *mc = loom_gpu_config(m);
     loom_gpu_mem mem = loom_gpu_model_mem(m);
+    const loom_dtype kv_dt = mem.kv_dtype; /* the KV cache's elements: the activations' dtype, or fp8 */
     const double es = 2.0;
     const double params = (double)loom_gpu_weight_bytes(m) / es;
     const double kv_per_token = 2.0 * (double)mc->n_layers * (double)mc->n_kv_heads * (double)mc->head_dim * (double)loom_dtype_size(kv_dt);
