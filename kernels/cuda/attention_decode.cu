@@ -150,12 +150,18 @@ __global__ void __launch_bounds__(kThreads, GM == 1 ? 3 : 1) rows_kernel(AttPara
         for (int i = 0; i < NP; i++) blk[i] = __ldg(bt + (key_at(k0, i, kb, ke) >> a.block_shift));
     };
     /* Launched with PDL: q and the new token's K/V come from the kernel
-     * before. (Reading the sequence's tables and first block ids before the
-     * wait saved 0.3% a step: not worth a contract that the kernel before
-     * must not write them, bench/results/2026-11-21-h200-decode-s7.md.) */
-    pdl_wait();
+     * before; the tables (q_start, ctx_len, block tables) do not
+     * (loom_cuda_attention's contract), so they and the first token's first
+     * block ids are read before the wait: 0.2-0.3% faster a
+     * batch-1 step of the Llama-2-7B shape on an H200 (bench/results/
+     * 2026-11-21-h200-decode-s11.md). */
     const int tok0 = a.q_start[s], n_q = a.q_start[s + 1] - tok0, ctx = a.ctx_len[s];
-    if (n_q <= 0 || n_q > ctx) return; /* block-uniform, as every return here */
+    const bool live = n_q > 0 && n_q <= ctx;
+    int kb0 = 0, ke0 = 0;
+    const bool early = live && split_keys(a, ctx - n_q, sp, kb0, ke0);
+    if (early) blocks(kb0, kb0, ke0);
+    pdl_wait();
+    if (!live) return; /* block-uniform, as every return here */
 
     for (int t = 0; t < n_q; t++) {
         const int64_t tok = tok0 + t;
@@ -206,7 +212,7 @@ __global__ void __launch_bounds__(kThreads, GM == 1 ? 3 : 1) rows_kernel(AttPara
 #pragma unroll
             for (int k = 0; k < 8; k++) o[r][k] = 0.0f;
         }
-        blocks(kb, kb, ke);
+        if (t > 0 || !early) blocks(kb, kb, ke); /* (the first token's: before the wait) */
         fetch(kb);
         for (int k0 = kb; k0 < ke; k0 += KT) {
             typename C::type kc[NP], vc[NP];

@@ -326,7 +326,11 @@ int loom_cuda_kv_append(void *pool, const void *k, int64_t k_stride, const void 
  * decode (the most a launch on the current device uses); NULL turns splitting
  * off. tokens_per_block must be a power of two; out and pool 16-byte aligned;
  * max_ctx >= every ctx_len (it sizes the split). kv: the pool's element type,
- * act or LOOM_F8E4M3 (widened exactly, unit scale); q and out are act. */
+ * act or LOOM_F8E4M3 (widened exactly, unit scale); q and out are act.
+ * The decode kernel, launched with PDL, reads q_start, ctx_len and
+ * block_tables before it waits for the kernel before it on the stream: that
+ * kernel must not write them (copies from the host, as loom's step uploads,
+ * are fine). */
 int loom_cuda_attention(void *out, const void *q, int64_t q_stride, const void *pool, loom_dtype act, loom_dtype kv,
                         const int32_t *q_start, const int32_t *ctx_len, const int32_t *block_tables,
                         int64_t max_blocks, int64_t n_seqs, int64_t n_tokens, int64_t max_ctx,
