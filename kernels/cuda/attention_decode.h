@@ -32,8 +32,8 @@ int att_rows_blocks_per_sm(loom_dtype act, loom_dtype kv, int group, int head_di
  * lse; lse -inf and o 0 for a split with no keys) for a reduction. kv is
  * the pool's element: act, or LOOM_F8E4M3 (widened exactly). q_start,
  * ctx_len and the block tables are read before the PDL wait (the kernel
- * before must not write them). Returns
- * cudaErrorInvalidValue for a shape att_rows_ok refuses. */
+ * before must not write them). Returns cudaErrorInvalidValue for a shape
+ * att_rows_ok refuses. */
 cudaError_t att_rows_launch(const AttParams &a, loom_dtype act, loom_dtype kv, int head_dim, int n_seqs, cudaStream_t st);
 
 #endif

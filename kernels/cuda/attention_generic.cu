@@ -14,10 +14,6 @@
 
 #define MAX_PER_LANE 8 /* head_dim <= 256 */
 
-__device__ __forceinline__ float kv_f32(__half v) { return __half2float(v); }
-__device__ __forceinline__ float kv_f32(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ float kv_f32(kv_fp8 v) { return e4m3_to_f32(v.__x); }
-
 template <typename T, typename KV>
 __global__ void attn_generic(T *out, const T *q, int64_t q_stride, const KV *pool, const int32_t *q_start, const int32_t *ctx_len,
                              const int32_t *block_tables, int64_t max_blocks, int n_seqs, int n_heads, int n_kv_heads, int hd, int B,
@@ -51,14 +47,14 @@ __global__ void attn_generic(T *out, const T *q, int64_t q_stride, const KV *poo
         float dot = 0.0f;
         for (int i = 0; i < per; i++) {
             int d = lane + 32 * i;
-            if (d < hd) dot += qv[i] * kv_f32(kb[d]);
+            if (d < hd) dot += qv[i] * to_f32(kb[d]);
         }
         for (int o = 16; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
         float nm = fmaxf(mx, dot), c = __expf(mx - nm), p = __expf(dot - nm);
         sum = sum * c + p;
         for (int i = 0; i < per; i++) {
             int d = lane + 32 * i;
-            acc[i] = acc[i] * c + (d < hd ? p * kv_f32(vb[d]) : 0.0f);
+            acc[i] = acc[i] * c + (d < hd ? p * to_f32(vb[d]) : 0.0f);
         }
         mx = nm;
     }

@@ -12,6 +12,8 @@
 
 #include <cstdint>
 
+#include "act_convert.cuh"
+
 typedef __nv_fp8_e4m3 kv_fp8; /* one byte */
 
 __device__ __forceinline__ uint8_t e4m3_from_f32(float x)
@@ -24,6 +26,9 @@ __device__ __forceinline__ float e4m3_to_f32(uint8_t v)
     const __half_raw h = __nv_cvt_fp8_to_halfraw((__nv_fp8_storage_t)v, __NV_E4M3);
     return __half2float(__half(h));
 }
+
+/* One pool element of either kind widens through to_f32 (act_convert.cuh). */
+template <> __device__ __forceinline__ float to_f32<kv_fp8>(kv_fp8 v) { return e4m3_to_f32(v.__x); }
 
 /* Two E4M3 values (low byte first) -> fp16 pair, exact. */
 __device__ __forceinline__ __half2 e4m3x2_to_half2(uint16_t v)
