@@ -141,12 +141,16 @@ __device__ __forceinline__ void g1_rows(const Gemv1Args &a, const uint4 *xs, int
     const S *w = static_cast<const S *>(a.w);
     const S *bias = static_cast<const S *>(a.bias);
     S *y = static_cast<S *>(a.y);
-    int64_t kdst = -1; /* ROPE: the pool element of the token's slot in the K half of its block, head 0 */
-    if (ROPE) {
+    /* ROPE: the pool element of the token's slot in the K half of its block,
+     * head 0 (-1: no slot), worked out where it is used rather than held
+     * through the rows: with those two registers free the fp16 QKV kernel
+     * issues all 8 W loads of a batch together (6, then 2 later, before),
+     * and a batch-1 step of the Llama-2-7B shape on an H200 takes 0.6-0.9%
+     * less (bench/results/2026-11-22-h200-decode-s12.md) */
+    auto kdst_of = [&]() -> int64_t {
         const int32_t slot = a.slot[0];
-        if (slot >= 0)
-            kdst = (int64_t)(slot / a.tokens_per_block) * 2 * a.half_elems + (int64_t)(slot % a.tokens_per_block) * a.head_dim;
-    }
+        return slot < 0 ? -1 : (int64_t)(slot / a.tokens_per_block) * 2 * a.half_elems + (int64_t)(slot % a.tokens_per_block) * a.head_dim;
+    };
     for (int item = item0; item < a.items; item += istep) {
         const RowPair rp = item_rows<EPI>(a, item);
         const float d1 = row_dot<P>(reinterpret_cast<const uint4 *>(w + (size_t)rp.r1 * a.in), xs, n8, lane);
@@ -156,7 +160,8 @@ __device__ __forceinline__ void g1_rows(const Gemv1Args &a, const uint4 *xs, int
                 if (EPI == EPI_STORE && a.y_f32 == 2) static_cast<float *>(a.y)[rp.r1] = d1 + (bias ? to_f32<S>(bias[rp.r1]) : 0.0f);
                 else if (EPI == EPI_STORE && a.y_f32) static_cast<float *>(a.y)[rp.r1] = to_f32<S>(v1);
                 else y[rp.r1] = v1;
-                if (ROPE && rp.head < 0 && kdst >= 0) { /* a v row: into the pool's V half */
+                const int64_t kdst = ROPE && rp.head < 0 ? kdst_of() : -1;
+                if (kdst >= 0) { /* a v row: into the pool's V half */
                     const int e = rp.r1 - (a.n_heads + a.n_kv_heads) * a.head_dim, h = e / a.head_dim, dd = e % a.head_dim;
                     pool_put<S>(a, kdst + a.half_elems + (int64_t)h * a.tokens_per_block * a.head_dim + dd, to_f32<S>(v1), v1);
                 }
@@ -184,6 +189,7 @@ __device__ __forceinline__ void g1_rows(const Gemv1Args &a, const uint4 *xs, int
             } else { /* k: as it was in y, rotated into the pool's K half */
                 y[rp.r1] = v1;
                 y[rp.r2] = v2;
+                const int64_t kdst = kdst_of();
                 if (kdst >= 0) {
                     const int64_t kd = kdst + (int64_t)(rp.head - a.n_heads) * a.tokens_per_block * a.head_dim;
                     pool_put<S>(a, kd + rp.i, r1, o1);
