@@ -145,7 +145,7 @@ __device__ __forceinline__ void g1_rows(const Gemv1Args &a, const uint4 *xs, int
      * head 0 (-1: no slot), worked out where it is used rather than held
      * through the rows: with those two registers free the fp16 QKV kernel
      * issues all 8 W loads of a batch together (6, then 2 later, before),
-     * and a batch-1 step of the Llama-2-7B shape on an H200 takes 0.6-0.9%
+     * and a batch-1 step of the Llama-2-7B shape on an H200 takes 0.6-1.1%
      * less (bench/results/2026-11-22-h200-decode-s12.md) */
     auto kdst_of = [&]() -> int64_t {
         const int32_t slot = a.slot[0];
