@@ -9,10 +9,12 @@ server that dies, a server of another wire version, usage errors).
 """
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "common"))
+from ports import free_port  # noqa: E402
 
 import mock_helper
 from mock_helper import MOCK_STATS, Mock
@@ -48,14 +50,6 @@ def one_json_line(p):
     lines = p.stdout.splitlines()
     assert len(lines) == 1, f"want exactly one line, got {p.stdout!r}"
     return lines[0], json.loads(lines[0])
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 # --- output formats -----------------------------------------------------------

@@ -10,12 +10,13 @@ and that SIGTERM to mpirun answers the clients and exits cleanly."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "common"))
+from ports import free_port  # noqa: E402
 DATA = os.path.join(HERE, "..", "data")
 FIXTURES = os.path.join(HERE, "..", "golden", "fixtures")
 STORIES = os.path.join(DATA, "stories260K")
@@ -36,26 +37,29 @@ def case(fn):
     return fn
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Cluster:
     """mpirun -n 1+tp*pp loom serve ..., waited on until healthy; stopped with SIGTERM."""
 
     def __init__(self, model, tp=1, pp=1, extra=()):
-        self.endpoint = f"tcp://127.0.0.1:{free_port()}"
-        n = 1 + tp * pp
-        self.log = open(os.path.join(os.environ.get("TMPDIR", "/tmp"), f"loom-serve-{os.getpid()}-{time.time_ns()}.log"), "w+")
-        self.proc = subprocess.Popen(["mpirun", "-n", str(n), LOOM, "serve", "--model", model, "--tp", str(tp), "--pp", str(pp),
-                                      "--listen", self.endpoint, *extra], stdout=self.log, stderr=subprocess.STDOUT, env=ENV,
-                                     start_new_session=True)
-        p = self.client("--health", "--wait", "60", timeout=90)
-        if p.returncode != 0:
+        # a port free when chosen can still be taken before the coordinator binds it:
+        # then the start is tried again on another (the error names it, nothing else does)
+        for attempt in range(3):
+            self.endpoint = f"tcp://127.0.0.1:{free_port()}"
+            n = 1 + tp * pp
+            self.log = open(os.path.join(os.environ.get("TMPDIR", "/tmp"), f"loom-serve-{os.getpid()}-{time.time_ns()}.log"), "w+")
+            self.proc = subprocess.Popen(["mpirun", "-n", str(n), LOOM, "serve", "--model", model, "--tp", str(tp), "--pp", str(pp),
+                                          "--listen", self.endpoint, *extra], stdout=self.log, stderr=subprocess.STDOUT, env=ENV,
+                                         start_new_session=True)
+            p = self.client("--health", "--wait", "60", timeout=90)
+            if p.returncode == 0:
+                return
             self.stop()
-            raise AssertionError(f"cluster did not become healthy: {p.stderr}\n{self.output()}")
+            out = self.output()
+            if "Address already in use" not in out or attempt == 2:
+                raise AssertionError(f"cluster did not become healthy: {p.stderr}\n{out}")
+            self.log.close()
+            print(f"note: {self.endpoint} was taken before the coordinator bound it; starting again on another port",
+                  file=sys.stderr)
 
     def client(self, *args, timeout=300):
         return subprocess.run([LOOM, "client", "--endpoint", self.endpoint, *args], capture_output=True, text=True,

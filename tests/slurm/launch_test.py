@@ -14,11 +14,13 @@
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "common"))
+from ports import free_port  # noqa: E402
 
 failures = []
 
@@ -114,10 +116,7 @@ def main():
         check(r.returncode == 2 and msg in r.stderr, f"bad flags {args}: exit 2 and '{msg}' ({r.stderr.strip()!r})")
 
     # --- a real run under mpirun --------------------------------------------------------
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ep = f"tcp://127.0.0.1:{port}"
+    ep = f"tcp://127.0.0.1:{free_port()}"
     supp = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lsan.supp")
     e = dict(os.environ, LOOM_BIN=standin, OMPI_MCA_mpi_yield_when_idle="1",
              ASAN_OPTIONS="detect_leaks=1:fast_unwind_on_malloc=0:abort_on_error=1",

@@ -44,6 +44,9 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "common"))
+from ports import free_port  # noqa: E402
+
 PACKAGES = "slurmctld slurmd slurm-client munge"
 JOB_TIMEOUT = 300
 
@@ -66,12 +69,6 @@ def find(name):
         raise Failure(f"{name} not found: install the Debian packages {PACKAGES} "
                       f"(apt-get install {PACKAGES})")
     return p
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tail(path, n=40):
