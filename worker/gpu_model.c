@@ -349,6 +349,10 @@ static loom_status init_common(loom_gpu_model *m, const loom_config *cfg, const 
     if (o->device >= 0) CUDA_TRY(cudaSetDevice(o->device), "set device"); /* else: the caller's current device */
     CUDA_TRY(cudaStreamCreateWithFlags(&m->stream, cudaStreamNonBlocking), "stream create");
     loom_cuda_set_pdl(loom_gpu_env_int("LOOM_PDL"));
+    if (m->use_gemv) {
+        const int64_t q_in = m->nh * cfg->head_dim, max_in = q_in > m->inter ? q_in : m->inter;
+        CUDA_TRY(loom_cuda_gemv1_fit(cfg->hidden_size, max_in > cfg->hidden_size ? max_in : cfg->hidden_size), "gemv shared memory carveout");
+    }
     if (cfg->head_dim > 256)
         return loom_err_set(err, LOOM_EUNSUPPORTED, "the CUDA attention kernels support head_dim up to 256 (this model has %lld)", (long long)cfg->head_dim);
     char msg[256] = "";

@@ -217,35 +217,72 @@ static int launch_mode(const Gemv1Args &a, int mode, dim3 grid, dim3 block, size
     return (int)cudaErrorInvalidValue;
 }
 
+/* Read once (util/gpu_env.c has the ranges and defaults): blocks per SM
+ * (LOOM_GEMV_BLOCKS_PER_SM; 4 measured the same as 2), where a PDL launch
+ * lets the next kernel start (LOOM_PDL_TRIGGER: 0 at exit, 1 after the wait,
+ * 2 after the rows), whether ADD_RMSNORM stages gamma before the wait
+ * (LOOM_GEMV_GAMMA_EARLY: 3.726 against 3.770 ms a batch-1 step on an H200,
+ * bench/results/2026-11-21-h200-decode-s4.md), and whether the grid is cut
+ * to whole rounds of rows (LOOM_GEMV_BALANCE). */
+struct G1Env {
+    int bps, trigger, gamma_early, balance;
+};
+static const G1Env &g1_env()
+{
+    static G1Env e = {-1, -1, -1, -1};
+    if (e.bps < 0) {
+        e.balance = loom_gpu_env_int("LOOM_GEMV_BALANCE");
+        e.trigger = loom_gpu_env_int("LOOM_PDL_TRIGGER");
+        e.gamma_early = loom_gpu_env_int("LOOM_GEMV_GAMMA_EARLY");
+        e.bps = loom_gpu_env_int("LOOM_GEMV_BLOCKS_PER_SM");
+    }
+    return e;
+}
+
+/* Dynamic shared memory of a launch with in_dim elements of 2 bytes in the
+ * given prologue; *staged: gamma goes after the vector. */
+static size_t g1_smem(int64_t in_dim, int mode, int *staged)
+{
+    size_t smem = (size_t)in_dim * 2;
+    *staged = mode == LOOM_GEMV_ADD_RMSNORM && g1_env().gamma_early && 2 * smem <= G1_MAX_SMEM;
+    return *staged ? 2 * smem : smem;
+}
+
 template <typename S, typename P>
 static int launch1(const Gemv1Args &a, int mode, int epi, int sms, cudaStream_t st)
 {
-    /* Read once (util/gpu_env.c has the ranges and defaults): blocks per SM
-     * (LOOM_GEMV_BLOCKS_PER_SM; 4 measured the same as 2), where a PDL
-     * launch lets the next kernel start (LOOM_PDL_TRIGGER: 0 at exit, 1
-     * after the wait, 2 after the rows), whether ADD_RMSNORM stages gamma
-     * before the wait (LOOM_GEMV_GAMMA_EARLY: 3.726 against 3.770 ms a
-     * batch-1 step on an H200, bench/results/2026-11-21-h200-decode-s4.md),
-     * and whether the grid is cut to whole rounds of rows (LOOM_GEMV_BALANCE). */
-    static int bps = -1, trigger = -1, gamma_early = -1, balance = -1;
-    if (bps < 0) {
-        balance = loom_gpu_env_int("LOOM_GEMV_BALANCE");
-        bps = loom_gpu_env_int("LOOM_GEMV_BLOCKS_PER_SM");
-        trigger = loom_gpu_env_int("LOOM_PDL_TRIGGER");
-        gamma_early = loom_gpu_env_int("LOOM_GEMV_GAMMA_EARLY");
-    }
+    const G1Env &env = g1_env();
     Gemv1Args b = a;
-    b.trigger = trigger;
-    size_t smem = (size_t)b.in * sizeof(S);
-    if (mode == LOOM_GEMV_ADD_RMSNORM && gamma_early && 2 * smem <= G1_MAX_SMEM) {
-        b.gamma_staged = 1;
-        smem *= 2;
-    }
-    const int blocks = g1_blocks(b.items, bps * sms, balance);
+    b.trigger = env.trigger;
+    const size_t smem = g1_smem(b.in, mode, &b.gamma_staged);
+    const int blocks = g1_blocks(b.items, env.bps * sms, env.balance);
     const dim3 grid((unsigned)blocks), block(32 * G1_WARPS);
     if (epi == EPI_ROPE) return launch_mode<S, P, EPI_ROPE>(b, mode, grid, block, smem, st);
     if (epi == EPI_GLU) return launch_mode<S, P, EPI_GLU>(b, mode, grid, block, smem, st);
     return launch_mode<S, P, EPI_STORE>(b, mode, grid, block, smem, st);
+}
+
+extern "C" int loom_cuda_gemv1_fit(int64_t norm_in, int64_t max_in)
+{
+    int sms = 0, rc = g1_device_setup(&sms), dev = 0, per_sm = 0, per_block = 0, staged = 0;
+    if (rc) return rc;
+    if (norm_in < 0 || max_in < 0) return (int)cudaErrorInvalidValue;
+    cudaError_t e;
+    if ((e = cudaGetDevice(&dev)) != cudaSuccess || (e = cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev)) ||
+        (e = cudaDeviceGetAttribute(&per_block, cudaDevAttrReservedSharedMemoryPerBlock, dev)))
+        return (int)e;
+    size_t blk = g1_smem(max_in, LOOM_GEMV_PLAIN, &staged);
+    const size_t norm = g1_smem(norm_in, LOOM_GEMV_ADD_RMSNORM, &staged);
+    if (norm > blk) blk = norm;
+    if (blk > G1_MAX_SMEM) blk = G1_MAX_SMEM; /* larger inputs are not launched here */
+    /* two kernels' blocks (static memory: g1_block_sum's, under 64 bytes) */
+    const size_t need = 2 * (size_t)g1_env().bps * (blk + 64 + (size_t)per_block);
+    int pct = per_sm > 0 ? (int)((100 * need + (size_t)per_sm - 1) / (size_t)per_sm) : 100;
+    if (pct > 100) pct = 100;
+    const void *kernels[] = {G1_KERNELS(__half, __half2), G1_KERNELS(__nv_bfloat16, __nv_bfloat162)};
+    for (const void *k : kernels)
+        if ((e = cudaFuncSetAttribute(k, cudaFuncAttributePreferredSharedMemoryCarveout, pct)) != cudaSuccess) return (int)e;
+    return 0;
 }
 
 extern "C" int loom_cuda_gemv1_ok(loom_dtype act, int64_t in_dim, const void *x, const void *w)

@@ -1293,6 +1293,15 @@ int main(void)
     check_pdl_switch(pdl_at_start);
     check_chain(LOOM_F16);
     check_chain(LOOM_BF16);
+    /* the carveout set for a model's shapes (as the GPU model does): bad
+     * sizes refused; the chain and a few shapes again under it */
+    verdict(loom_cuda_gemv1_fit(-1, 4096) != 0 && loom_cuda_gemv1_fit(4096, -8) != 0, "gemv1_fit refuses negative sizes");
+    verdict(loom_cuda_gemv1_fit(49152, 1 << 20) == 0, "gemv1_fit past the largest prologue: capped, 0");
+    verdict(loom_cuda_gemv1_fit(4104, 14336) == 0, "gemv1_fit(4104, 14336) -> 0");
+    check_chain(LOOM_F16);
+    check_chain(LOOM_BF16);
+    gemv1_shape(LOOM_BF16, 4104, 4097);
+    gemv1_glu_shape(LOOM_F16, 4104, 37);
     loom_cuda_set_pdl(0);
 
     printf("%d failure(s)\n", failures);
