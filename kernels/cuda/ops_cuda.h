@@ -175,11 +175,11 @@ int loom_cuda_gemv1_ok(loom_dtype act, int64_t in_dim, const void *x, const void
  * what two of them side by side need (LOOM_GEMV_BLOCKS_PER_SM blocks each),
  * for ADD_RMSNORM prologues of up to norm_in elements and the others' of up
  * to max_in. Under PDL the next kernel's blocks are placed beside the running
- * one's; left to the driver, each kernel's carveout fits only itself, and the
- * blocks of a next kernel that needs more wait until an SM empties (the
- * Llama-3-8B shape's down projection after gate/up: a batch-1 step 9-10%
- * slower on an H200, bench/results/2026-11-22-h200-decode-s13.md). Call once
- * the model's shapes are known; 0 or a CUDA error code. */
+ * one's; left to the driver, each kernel's carveout fits only itself, and a
+ * next kernel that needs more shared memory than the SM's split leaves waits
+ * (a Llama-3-8B batch-1 step 8.5-10% slower on an H200; the smallest split
+ * that fits is the fastest: bench/results/2026-11-22-h200-decode-s13.md).
+ * Call once the model's shapes are known; 0 or a CUDA error code. */
 int loom_cuda_gemv1_fit(int64_t norm_in, int64_t max_in);
 
 /* One row: y (out_dim) = prologue(x) @ W^T (+ bias), W (out_dim, in_dim), all
